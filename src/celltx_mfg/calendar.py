@@ -1,0 +1,71 @@
+"""Shifts and working days: "when are the staff next on?".
+
+Simulation time is in days from the scenario's start date at 00:00. A calendar is a set of shifts
+(start hour, length in hours) repeated on given weekdays. A shift may run past midnight (a night
+shift); it then belongs to the weekday it starts on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """Working windows of a staffed resource; ``always`` means no shift rule (24/7 cover)."""
+
+    shifts: tuple[tuple[float, float], ...]  # (start hour, hours)
+    days: frozenset[int]  # weekday numbers, mon=0
+    start_weekday: int = 0  # weekday of simulation day 0
+    always: bool = False
+
+    @classmethod
+    def around_the_clock(cls) -> "Calendar":
+        return cls(shifts=((0.0, 24.0),), days=frozenset(range(7)), always=True)
+
+    def _windows_of_day(self, day: int) -> list[tuple[float, float]]:
+        """On-shift windows (start, end) in days that begin on simulation day ``day``."""
+        if (self.start_weekday + day) % 7 not in self.days:
+            return []
+        return [(day + s / 24.0, day + (s + h) / 24.0) for s, h in self.shifts]
+
+    def next_start(self, t: float, duration: float = 0.0) -> float:
+        """Earliest time >= t at which a task of ``duration`` days can start on shift.
+
+        A task that fits in one shift must fit in what is left of the shift it starts in (nobody starts
+        a six-hour open process an hour before going home); a task longer than any shift starts at the
+        beginning of a shift.
+        """
+        if self.always:
+            return t
+        longest = max(h for _, h in self.shifts) / 24.0
+        need = min(duration, longest)
+        day = math.floor(t) - 1  # a night shift from yesterday may still be running
+        for d in range(day, day + 15):
+            for ws, we in self._windows_of_day(d):
+                start = max(ws, t)
+                if start + need <= we + 1e-12 and start < we + 1e-12:
+                    return start
+        raise ValueError("calendar has no working window in two weeks")  # validated away in config
+
+    def on_shift(self, t: float) -> bool:
+        if self.always:
+            return True
+        for d in (math.floor(t) - 1, math.floor(t)):
+            for ws, we in self._windows_of_day(d):
+                if ws <= t < we:
+                    return True
+        return False
+
+    def available_days(self, t0: float, t1: float) -> float:
+        """On-shift time in [t0, t1], in days: the denominator of a staff pool's utilisation."""
+        if self.always:
+            return max(0.0, t1 - t0)
+        total = 0.0
+        for d in range(math.floor(t0) - 1, math.ceil(t1) + 1):
+            for ws, we in self._windows_of_day(d):
+                total += max(0.0, min(we, t1) - max(ws, t0))
+        return total

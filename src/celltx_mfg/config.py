@@ -1,0 +1,577 @@
+"""A scenario: pydantic models, YAML loading and validation.
+
+This is the only module that knows the file format. Everything downstream receives a validated
+``Scenario`` whose numbers are all in days (unless the field name says hours) and whose cross-references
+(sites, products, resources, tests, calendars) are known to resolve.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .calendar import WEEKDAYS, Calendar
+from .distributions import Distribution, fixed
+
+EQUIPMENT = ("suite", "incubator", "closed_device", "freezer")
+STAFF = ("operators", "qc_analysts", "qa_reviewers")
+CONSEQUENCES = ("recollect", "discard", "oos")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Shift(_Model):
+    start_hour: float = Field(ge=0, lt=24, description="hour of day the shift starts")
+    hours: float = Field(gt=0, le=24, description="length of the shift in hours")
+
+
+class CalendarSpec(_Model):
+    """Working pattern of a staff pool (or a clinic): shifts repeated on the listed weekdays."""
+
+    shifts: list[Shift] = Field(min_length=1)
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> "CalendarSpec":
+        spans = sorted((s.start_hour, s.start_hour + s.hours) for s in self.shifts)
+        for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise ValueError(f"shifts overlap: one ends at hour {a1}, the next starts at {b0}")
+        if spans[-1][1] - spans[0][0] > 24:
+            raise ValueError("shifts of one day span more than 24 hours")
+        return self
+
+    def build(self, start_weekday: int) -> Calendar:
+        if len(self.days) == 7 and sum(s.hours for s in self.shifts) >= 24:
+            return Calendar.around_the_clock()
+        return Calendar(
+            shifts=tuple((s.start_hour, s.hours) for s in self.shifts),
+            days=frozenset(WEEKDAYS.index(d) for d in self.days),
+            start_weekday=start_weekday,
+        )
+
+
+class StaffPool(_Model):
+    count: int = Field(ge=0, description="people on each shift")
+    calendar: str = Field(description="name of a calendar under `calendars`")
+
+
+class Site(_Model):
+    """A treating centre: collects cells, receives the product, infuses."""
+
+    name: str = Field(min_length=1)
+    share: float = Field(default=1.0, gt=0, description="relative share of referrals")
+    apheresis_per_day: int = Field(ge=1, description="apheresis chairs/sessions per working day")
+    apheresis_duration: Distribution = Field(
+        default_factory=lambda: fixed(0.25), description="collection session length (days)"
+    )
+    inbound_transit: Distribution = Field(description="apheresis end -> receipt at the plant (days)")
+    outbound_transit: Distribution = Field(description="release -> product at the site (days)")
+    infusion_slots_per_day: int = Field(ge=1)
+    lymphodepletion: Distribution = Field(
+        default_factory=lambda: fixed(4.0), description="lymphodepletion lead before infusion (days)"
+    )
+    calendar: str = Field(default="clinic", description="working days of the site's clinic")
+
+
+class Demand(_Model):
+    per_year: float = Field(default=0, ge=0, description="Poisson referral rate")
+    monthly_ramp: list[float] | None = Field(
+        default=None,
+        description="multipliers of per_year for months 1, 2, ...; the last value holds afterwards",
+    )
+    referrals_csv: str | None = Field(default=None, description="CSV with a `day` column instead")
+    product_mix: dict[str, float] = Field(default_factory=dict, description="product -> share")
+    urgency_mix: dict[str, float] = Field(
+        default_factory=lambda: {"standard": 1.0}, description="urgency class -> share"
+    )
+    dropout_per_day: float = Field(
+        default=0.0, ge=0, le=1, description="daily hazard of becoming ineligible or dying before infusion"
+    )
+    infectious_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="share of donors positive for an infectious marker"
+    )
+
+    @field_validator("monthly_ramp")
+    @classmethod
+    def _ramp(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("monthly_ramp must list at least one multiplier")
+            if any((not math.isfinite(x)) or x < 0 for x in v):
+                raise ValueError("monthly_ramp multipliers must be finite and >= 0")
+        return v
+
+    @field_validator("product_mix", "urgency_mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        if any((not math.isfinite(x)) or x < 0 for x in v.values()):
+            raise ValueError("shares must be finite and >= 0")
+        if v and sum(v.values()) <= 0:
+            raise ValueError("shares must not all be zero")
+        return v
+
+
+class Booking(_Model):
+    """How patients get a manufacturing start."""
+
+    mode: Literal["slot", "collect_then_queue"] = Field(
+        default="slot",
+        description="slot: wait for a reserved start, collect against it; "
+        "collect_then_queue: collect at once, cryopreserve at site, queue at the plant",
+    )
+    starts_per_day: int = Field(default=1, ge=0, description="manufacturing starts offered per working day")
+    start_calendar: str = Field(default="plant_days", description="calendar whose days offer starts")
+    horizon_days: float = Field(default=56, gt=0, description="how far ahead a slot may be booked")
+    priority: Literal["fifo", "urgency"] = "fifo"
+    urgency_order: list[str] = Field(default_factory=lambda: ["urgent", "standard"])
+    apheresis_lead_days: float = Field(
+        default=1.0, ge=0, description="planned days from apheresis to the booked start"
+    )
+    max_attempts: int = Field(default=2, ge=1, description="manufacturing attempts per patient")
+    planned_suite_days: float | None = Field(
+        default=None, gt=0,
+        description="days a suite is reserved per booked start (default: the process's mean suite "
+        "occupancy plus clearance, plus one day of slack, rounded up)",
+    )
+
+
+class Resources(_Model):
+    suites: int = Field(ge=0, description="grade B cleanroom suites, each with one grade A BSC")
+    dedicated_suites: int = Field(
+        default=0, ge=0, description="suites reserved for infectious-marker-positive donors"
+    )
+    incubators: int = Field(default=0, ge=0)
+    closed_devices: int = Field(default=0, ge=0, description="closed automated systems (e.g. Prodigy)")
+    freezers: int = Field(default=0, ge=0, description="controlled-rate freezers")
+    operators: StaffPool
+    qc_analysts: StaffPool
+    qa_reviewers: StaffPool
+
+
+class Failure(_Model):
+    probability: float = Field(ge=0, le=1)
+    consequence: Literal["recollect", "discard", "oos"] = Field(
+        description="recollect: new apheresis and re-manufacture; discard: batch lost; "
+        "oos: product out of specification (handled by gmp.oos_policy)"
+    )
+
+
+class Step(_Model):
+    name: str = Field(min_length=1)
+    duration: Distribution
+    open: bool = Field(default=False, description="open processing: needs the suite's BSC, one batch at a time")
+    uses: list[Literal["suite", "incubator", "closed_device", "freezer"]] = Field(default_factory=list)
+    hold_until: dict[Literal["suite", "incubator", "closed_device", "freezer"], str] = Field(
+        default_factory=dict, description="keep a resource past this step until the named later step ends"
+    )
+    operators: int = Field(default=0, ge=0, description="operators hands-on for the whole step (wait for shift)")
+    min_days: float | None = Field(default=None, ge=0, description="validated minimum duration")
+    max_days: float | None = Field(default=None, ge=0, description="validated maximum duration")
+    failure: Failure | None = None
+
+
+class Process(_Model):
+    """One product's manufacturing template."""
+
+    steps: list[Step] = Field(min_length=1)
+    materials_cost: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Process":
+        names = [s.name for s in self.steps]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"step names must be unique, repeated: {sorted(dup)}")
+        for i, s in enumerate(self.steps):
+            for res, until in s.hold_until.items():
+                if until not in names:
+                    raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; steps: {names}")
+                if names.index(until) <= i:
+                    raise ValueError(f"step {s.name!r}: hold_until.{res} must name a later step, got {until!r}")
+                if res not in s.uses:
+                    raise ValueError(f"step {s.name!r}: hold_until.{res} but {res!r} is not in uses")
+            if s.open and "suite" not in s.uses and not _held_from_before(self.steps, i, "suite"):
+                raise ValueError(f"step {s.name!r} is open and must use a suite (grade A BSC in grade B)")
+            if s.min_days is not None and s.max_days is not None and s.max_days < s.min_days:
+                raise ValueError(f"step {s.name!r}: max_days < min_days")
+        return self
+
+
+def _held_from_before(steps: list[Step], i: int, res: str) -> bool:
+    """True when an earlier step keeps ``res`` until step i or later."""
+    names = [s.name for s in steps]
+    for j in range(i):
+        until = steps[j].hold_until.get(res)  # type: ignore[call-overload]
+        if until is not None and names.index(until) >= i:
+            return True
+    return False
+
+
+class QCTest(_Model):
+    name: str = Field(min_length=1)
+    duration: Distribution = Field(description="sample to result (days)")
+    hands_on_hours: float = Field(default=1.0, ge=0, description="analyst time to set the test up")
+    failure_probability: float = Field(default=0.0, ge=0, le=1)
+    consequence: Literal["recollect", "discard", "oos"] = "oos"
+    sterility: bool = Field(default=False, description="may be pending at conditional release")
+
+
+class QC(_Model):
+    tests: list[QCTest] = Field(min_length=1)
+    cost_per_batch: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "QC":
+        names = [t.name for t in self.tests]
+        if len(set(names)) != len(names):
+            raise ValueError(f"QC test names must be unique: {names}")
+        return self
+
+
+class Release(_Model):
+    policy: Literal["full", "conditional"] = Field(
+        default="full", description="full: all results in; conditional: release with sterility pending"
+    )
+    conditional_after: list[str] | None = Field(
+        default=None, description="tests needed for conditional release (default: all non-sterility tests)"
+    )
+    qa_review_hours: float = Field(default=8.0, gt=0, description="reviewer hands-on time per batch record")
+    qa_review_elapsed: Distribution = Field(
+        default_factory=lambda: fixed(1.0), description="elapsed days of QA review / QP release"
+    )
+
+
+class GMP(_Model):
+    line_clearance: Distribution = Field(
+        default_factory=lambda: fixed(0.0625), description="clearance + cleaning + verification (days)"
+    )
+    clearance_operators: int = Field(default=1, ge=0)
+    infectious_decontamination: Distribution = Field(default_factory=lambda: fixed(0.03))
+    fresh_hold_limit_hours: float = Field(default=48, gt=0)
+    on_hold_exceeded: Literal["recollect", "qa_accept"] = "recollect"
+    starting_material: Literal["fresh", "cryopreserved"] = "fresh"
+    closed_steps_share_room: bool = True
+    oos_policy: Literal["reject", "exceptional_release"] = "reject"
+    exceptional_release_probability: float = Field(
+        default=0.5, ge=0, le=1, description="share of OOS products a physician requests under 11.5"
+    )
+    deviation_investigation: Distribution = Field(
+        default_factory=lambda: fixed(5.0), description="closure time of a major/critical deviation"
+    )
+    shelf_life_days: float = Field(default=365, gt=0)
+    shipper_hold_days: float = Field(default=10, gt=0)
+
+
+class Costs(_Model):
+    qc_per_batch: float = Field(default=0.0, ge=0)
+    labour_per_hour: float = Field(default=0.0, ge=0)
+    facility_per_day: float = Field(default=0.0, ge=0)
+
+
+class Scenario(_Model):
+    _referral_days: list[float] | None = PrivateAttr(default=None)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    start_date: dt.date = Field(default=dt.date(2027, 1, 4))
+    horizon_days: float = Field(gt=0, le=36500)
+    warmup_days: float = Field(default=0, ge=0)
+    seed: int = Field(default=1, ge=0)
+    replications: int = Field(default=1, ge=1, le=10000)
+    demand: Demand
+    sites: list[Site] = Field(min_length=1)
+    booking: Booking = Field(default_factory=Booking)
+    calendars: dict[str, CalendarSpec]
+    resources: Resources
+    products: dict[str, Process] = Field(min_length=1)
+    qc: QC
+    release: Release = Field(default_factory=Release)
+    gmp: GMP = Field(default_factory=GMP)
+    costs: Costs | None = None
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Scenario":
+        errs: list[str] = []
+        if self.warmup_days >= self.horizon_days:
+            errs.append(f"warmup_days ({self.warmup_days}) must be < horizon_days ({self.horizon_days})")
+        cals = set(self.calendars)
+        for where, name in [
+            ("resources.operators.calendar", self.resources.operators.calendar),
+            ("resources.qc_analysts.calendar", self.resources.qc_analysts.calendar),
+            ("resources.qa_reviewers.calendar", self.resources.qa_reviewers.calendar),
+            ("booking.start_calendar", self.booking.start_calendar),
+        ] + [(f"sites.{s.name}.calendar", s.calendar) for s in self.sites]:
+            if name not in cals:
+                errs.append(f"{where}: unknown calendar {name!r}; defined: {sorted(cals)}")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            errs.append(f"sites: names must be unique: {names}")
+        mix = self.demand.product_mix or {p: 1.0 for p in self.products}
+        for p in mix:
+            if p not in self.products:
+                errs.append(f"demand.product_mix: unknown product {p!r}; products: {sorted(self.products)}")
+        if self.booking.priority == "urgency":
+            for u in self.demand.urgency_mix:
+                if u not in self.booking.urgency_order:
+                    errs.append(f"demand.urgency_mix: class {u!r} missing from booking.urgency_order")
+        r = self.resources
+        if r.dedicated_suites > r.suites:
+            errs.append(f"resources.dedicated_suites ({r.dedicated_suites}) > suites ({r.suites})")
+        if self.demand.infectious_fraction > 0 and r.dedicated_suites == 0:
+            errs.append("demand.infectious_fraction > 0 needs resources.dedicated_suites >= 1 (GMP segregation)")
+        if self.demand.infectious_fraction < 1 and r.suites - r.dedicated_suites == 0 and r.suites > 0:
+            errs.append("every suite is dedicated, so infectious-marker-negative donors have none")
+        counts = {"suite": r.suites, "incubator": r.incubators, "closed_device": r.closed_devices, "freezer": r.freezers}
+        demand_on = self.demand.per_year > 0 or self.demand.referrals_csv is not None
+        for pname, proc in self.products.items():
+            for s in proc.steps:
+                for res in s.uses:
+                    if counts[res] == 0 and demand_on:
+                        errs.append(f"products.{pname}.steps.{s.name}.uses: {res!r} but resources has 0 of them")
+                if s.operators > r.operators.count and demand_on:
+                    errs.append(
+                        f"products.{pname}.steps.{s.name}.operators: needs {s.operators}, "
+                        f"only {r.operators.count} on shift"
+                    )
+                if not self.gmp.closed_steps_share_room and not s.open and s.uses and "suite" not in s.uses:
+                    if not _held_from_before(proc.steps, proc.steps.index(s), "suite"):
+                        errs.append(
+                            f"products.{pname}.steps.{s.name}: gmp.closed_steps_share_room is false, "
+                            "so a closed step must run in a suite"
+                        )
+        if demand_on and self.gmp.clearance_operators > r.operators.count:
+            errs.append("gmp.clearance_operators exceeds resources.operators.count")
+        if demand_on and self.booking.mode == "slot" and self.booking.starts_per_day == 0:
+            errs.append("booking.starts_per_day is 0 with demand: no patient could ever start")
+        if demand_on and r.qc_analysts.count == 0:
+            errs.append("resources.qc_analysts.count is 0 with demand: no batch could be tested")
+        if demand_on and r.qa_reviewers.count == 0:
+            errs.append("resources.qa_reviewers.count is 0 with demand: no batch could be released")
+        tests = [t.name for t in self.qc.tests]
+        for t in self.release.conditional_after or []:
+            if t not in tests:
+                errs.append(f"release.conditional_after: unknown test {t!r}; tests: {tests}")
+        if self.booking.mode == "collect_then_queue" and self.gmp.starting_material != "cryopreserved":
+            errs.append("booking.mode collect_then_queue needs gmp.starting_material: cryopreserved")
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
+
+    def calendar(self, name: str) -> Calendar:
+        return self.calendars[name].build(self.start_date.weekday())
+
+    @property
+    def product_mix(self) -> dict[str, float]:
+        return self.demand.product_mix or {p: 1.0 for p in self.products}
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; ``problems`` lists (field path, message, bad value)."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str, Any]]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self, limit: int = 30) -> str:
+        lines = [f"{self.path}: {len(self.problems)} problem(s)"]
+        for loc, msg, val in self.problems[:limit]:
+            shown = "" if val is _MISSING else f" (got {_short(val)})"
+            lines.append(f"  - {loc or '<file>'}: {msg}{shown}")
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more")
+        return "\n".join(lines)
+
+
+_MISSING = object()
+MAX_FILE_BYTES = 5_000_000
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _allowed(err: dict[str, Any]) -> str:
+    """Turn pydantic's message into one that says what is allowed."""
+    t, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    if t == "extra_forbidden":
+        return "unknown key (check spelling)"
+    if t == "missing":
+        return "required field is missing"
+    if t == "union_tag_invalid" or t == "union_tag_not_found":
+        return f"`dist` must be one of: {', '.join(_dist_names())}"
+    if t == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    return msg
+
+
+def _dist_names() -> tuple[str, ...]:
+    from .distributions import DIST_NAMES
+
+    return DIST_NAMES
+
+
+def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    cur = data
+    for k in loc:
+        try:
+            cur = cur[k]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return cur
+
+
+def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    """Validate a parsed mapping; raise ScenarioError listing every problem at once."""
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [("", f"top level must be a mapping of keys, got {type(data).__name__}", _MISSING)])
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            # drop pydantic's discriminator tag from the path (e.g. duration.fixed.value -> duration.value)
+            loc = tuple(p for p in loc if p not in _dist_names() or p == loc[-1])
+            path = ".".join(str(p) for p in loc)
+            msg = _allowed(err)
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append((path, msg, _value_at(data, tuple(err["loc"])) if err["type"] != "missing" else _MISSING))
+        raise ScenarioError(source, problems) from None
+    if sc.demand.referrals_csv is not None:
+        csv_path = Path(sc.demand.referrals_csv)
+        if not csv_path.is_absolute() and base_dir is not None:
+            csv_path = base_dir / csv_path
+        days = load_referrals(csv_path, source)
+        sc._referral_days = days
+    return sc
+
+
+def load_referrals(path: Path, source: str) -> list[float]:
+    """Referral days from a CSV with a `day` column (days from start) or a `date` column (ISO dates)."""
+    field = "demand.referrals_csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(source, [(field, f"cannot read {path}: {e}", _MISSING)]) from None
+    if not rows or not ({"day"} & set(rows[0]) or {"date"} & set(rows[0])):
+        raise ScenarioError(source, [(field, f"{path} needs a `day` or `date` column", _MISSING)])
+    return [float(r["day"]) for r in rows if r.get("day") not in (None, "")]
+
+
+def scenario_referral_days(sc: Scenario) -> list[float] | None:
+    return sc._referral_days
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, str]:
+    """Read and validate a scenario file; returns the scenario and the file's text (stored with every run)."""
+    p = Path(path)
+    src = str(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
+    if p.is_dir():
+        raise ScenarioError(src, [("", "is a directory, expected a YAML scenario file", _MISSING)])
+    if size > MAX_FILE_BYTES:
+        raise ScenarioError(src, [("", f"file is {size:,} bytes; a scenario may be at most {MAX_FILE_BYTES:,}", _MISSING)])
+    try:
+        raw = p.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as e:
+        raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(src, [("", f"not UTF-8 text (byte {e.start}): save the file as UTF-8", _MISSING)]) from None
+    data = _yaml(text, src)
+    if isinstance(data, dict) and "base" in data:
+        data = _resolve_base(data, p, [p.resolve()])
+        text = yaml.safe_dump(data, sort_keys=False)
+    return parse_scenario(data, src, p.parent), text
+
+
+def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[str, Any]:
+    """A what-if names its ``base`` scenario and states only what differs; the stored text is the merged
+    whole, so every run can be reproduced from the database alone."""
+    base_ref = data["base"]
+    src = str(path)
+    if not isinstance(base_ref, str):
+        raise ScenarioError(src, [("base", "must be the path of a scenario file", base_ref)])
+    base_path = (path.parent / base_ref).resolve()
+    if base_path in seen:
+        chain = " -> ".join(str(x.name) for x in seen + [base_path])
+        raise ScenarioError(src, [("base", f"circular base chain: {chain}", base_ref)])
+    try:
+        base_text = base_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(src, [("base", f"cannot read base scenario {base_path}: {e}", base_ref)]) from None
+    base = _yaml(base_text, str(base_path))
+    if not isinstance(base, dict):
+        raise ScenarioError(str(base_path), [("", "top level must be a mapping of keys", _MISSING)])
+    if "base" in base:
+        base = _resolve_base(base, base_path, seen + [base_path])
+    over = {k: v for k, v in data.items() if k != "base"}
+    return _merge(base, over)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Mappings merge key by key; lists of named items (sites, steps, tests) merge by ``name``; anything
+    else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    if (
+        isinstance(base, list)
+        and isinstance(over, list)
+        and all(isinstance(x, dict) and "name" in x for x in base + over)
+    ):
+        out = [dict(x) for x in base]
+        index = {x["name"]: i for i, x in enumerate(out)}
+        for item in over:
+            if item["name"] in index:
+                out[index[item["name"]]] = _merge(out[index[item["name"]]], item)
+            else:
+                out.append(item)
+        return out
+    return over
+
+
+def _yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ScenarioError(source, [("", f"not valid YAML: {where}{problem}", _MISSING)]) from None
+    except RecursionError:
+        raise ScenarioError(source, [("", "not valid YAML: nested too deeply", _MISSING)]) from None
+
+
+def parse_text(text: str, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    return parse_scenario(_yaml(text, source), source, base_dir)
+
+
+def scenario_hash(text: str) -> str:
+    """Content hash of a scenario file: runs of the same text share it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> tuple[Scenario, str]:
+    """Build a scenario from a mapping (what-if edits, tests); the text stored is its YAML dump."""
+    text = yaml.safe_dump(data, sort_keys=False)
+    return parse_text(text, source), text

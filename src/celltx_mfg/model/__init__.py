@@ -1,0 +1,1 @@
+"""The SimPy model: plant resources, GMP rules and the patient journey."""

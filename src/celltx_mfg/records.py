@@ -1,0 +1,174 @@
+"""Plain immutable records the model emits; everything downstream (store, analysis) reads only these.
+
+Times are simulation days from the scenario start (float); ``None`` means "did not happen before the
+horizon". Every record that concerns material carries the chain-of-identity id ``coi``; batch records
+also carry ``batch_no`` (``<coi>-A<attempt>``), so a record can never be attributed to the wrong donor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+
+class PatientRecord(NamedTuple):
+    coi: str
+    patient_no: int
+    site: str
+    product: str
+    urgency: str
+    infectious: bool
+    referred: float
+    slot_booked: Optional[float]  # when a start was first booked (slot mode)
+    first_apheresis: Optional[float]
+    infused: Optional[float]
+    status: str  # infused | lost | in_progress
+    lost_time: Optional[float]
+    lost_stage: Optional[str]  # where the patient was when lost
+    lost_reason: Optional[str]  # dropout | manufacturing_failure | max_attempts | ...
+    stage_at_horizon: Optional[str]
+    attempts: int
+
+
+class BatchRecord(NamedTuple):
+    coi: str
+    batch_no: str
+    attempt: int
+    product: str
+    status: str  # infused | released | failed | expired | in_progress | abandoned
+    failure_reason: Optional[str]
+    slot_day: Optional[float]  # booked manufacturing start
+    apheresis_start: Optional[float]
+    apheresis_end: Optional[float]
+    received: Optional[float]  # receipt at the plant (quarantine)
+    ready: Optional[float]  # material accepted and slot day reached: ready for the suite
+    mfg_start: Optional[float]  # first processing step starts
+    mfg_end: Optional[float]  # last processing step ends (cryopreserved)
+    qc_complete: Optional[float]  # last required result in
+    released: Optional[float]
+    release_mode: Optional[str]  # full | conditional | exceptional_oos
+    shipped: Optional[float]
+    delivered: Optional[float]
+    infused: Optional[float]
+    expiry: Optional[float]
+    suite: Optional[str]  # suite unit that ran its open steps
+    oos: bool
+    recalled: bool
+
+
+class StepEvent(NamedTuple):
+    coi: str
+    batch_no: str
+    step: str
+    seq: int  # position in the process
+    ready: float  # could have started (previous step done)
+    start: float
+    end: float
+    resources: str  # "suite:S3;incubator:I12"
+    operators: int
+    open: bool
+    outcome: str  # ok | failed
+
+
+class ResourceUse(NamedTuple):
+    kind: str  # suite | incubator | closed_device | freezer | operators | qc_analysts | qa_reviewers | apheresis | infusion
+    unit: str
+    coi: Optional[str]
+    batch_no: Optional[str]
+    activity: str  # step name, "line_clearance", "qc:<test>", "qa_review"
+    requested: float
+    start: float
+    end: float
+
+
+class QCResult(NamedTuple):
+    coi: str
+    batch_no: str
+    test: str
+    sampled: float
+    start: float  # analyst set-up starts
+    result_time: float
+    result: str  # pass | fail
+    required_for_release: bool  # needed before release under the policy in force
+
+
+class Deviation(NamedTuple):
+    coi: Optional[str]
+    batch_no: Optional[str]
+    time: float
+    kind: str
+    severity: str  # minor | major | critical
+    stage: str
+    detail: str
+    closed: Optional[float]
+
+
+class Shipment(NamedTuple):
+    coi: str
+    batch_no: str
+    direction: str  # inbound (apheresis -> plant) | outbound (plant -> site)
+    origin: str
+    destination: str
+    depart: float
+    arrive: float
+    condition: str  # "2-8C" | "<=-150C"
+    hold_limit_days: float
+    excursion: bool
+
+
+class ReleaseRecord(NamedTuple):
+    coi: str
+    batch_no: str
+    time: float
+    mode: str  # full | conditional | exceptional_oos
+    signer_role: str  # qualified_person
+    meaning: str  # released
+    results_pending: str  # tests still pending at release ("" for full release)
+
+
+class ResourceSummary(NamedTuple):
+    kind: str
+    capacity: int
+    available_unit_days: float  # capacity x time available in the KPI window (shifts for staff)
+
+
+@dataclass
+class RunRecords:
+    """Everything one replication produced: what ``simulate`` returns and ``store`` writes."""
+
+    scenario_name: str
+    seed: int
+    replication: int
+    horizon: float
+    warmup: float
+    patients: list[PatientRecord] = field(default_factory=list)
+    batches: list[BatchRecord] = field(default_factory=list)
+    steps: list[StepEvent] = field(default_factory=list)
+    resource_uses: list[ResourceUse] = field(default_factory=list)
+    qc_results: list[QCResult] = field(default_factory=list)
+    deviations: list[Deviation] = field(default_factory=list)
+    shipments: list[Shipment] = field(default_factory=list)
+    releases: list[ReleaseRecord] = field(default_factory=list)
+    resources: list[ResourceSummary] = field(default_factory=list)
+    costs: dict[str, float] = field(default_factory=dict)  # total cost components in the KPI window
+    events: int = 0  # SimPy events processed (for benchmarks)
+
+    TABLES = (
+        ("patients", PatientRecord),
+        ("batches", BatchRecord),
+        ("steps", StepEvent),
+        ("resource_uses", ResourceUse),
+        ("qc_results", QCResult),
+        ("deviations", Deviation),
+        ("shipments", Shipment),
+        ("releases", ReleaseRecord),
+        ("resources", ResourceSummary),
+    )
+
+    def frames(self) -> dict[str, "object"]:
+        """pandas DataFrames, one per record type, with the record's fields as columns."""
+        import pandas as pd
+
+        return {
+            name: pd.DataFrame(getattr(self, name), columns=list(cls._fields)) for name, cls in self.TABLES
+        }
