@@ -40,7 +40,7 @@ FAILED_STATUSES = ("failed", "expired")
 # Batch statuses whose journey goes on past the horizon (the product may still be shipped or infused).
 OPEN_BATCH_STATUSES = ("in_progress", "released")
 # KPI groups whose members are counts: a member missing from one run means zero there, not "unknown".
-COUNT_MAPS = frozenset({"deviations", "lost_by_stage"})
+COUNT_MAPS = frozenset({"deviations", "lost_by_stage", "failed_by_reason"})
 WIP_STAGES = (
     "waiting_for_slot",
     "apheresis_and_transit",
@@ -193,6 +193,8 @@ def kpis(
     - ``throughput_per_year`` = infusions_in_window / Y.
     - ``batches_started`` = batches of B with mfg_start set; ``batches_failed`` = batches of B with status
       failed or expired (including any that failed before processing started).
+    - ``failed_by_reason`` {failure_reason: count} over those batches ("expired" / "unknown" when the
+      record gives no reason).
     - ``manufacturing_failure_rate`` = started batches of B that failed or expired / batches_started
       (None when nothing started).
     - ``vein_to_vein_days`` {mean, p50, p90, max} of infused - first_apheresis over infused patients of C
@@ -252,6 +254,11 @@ def kpis(
         by_severity[str(sev)] = int(n)
 
     lost_by_stage = {str(k): int(n) for k, n in _text(cohort[lost], "lost_stage").value_counts().items()}
+    failed_batches = batches[failed]
+    reasons = _text(failed_batches, "failure_reason").where(
+        (failed_batches["status"] != "expired") | failed_batches["failure_reason"].notna(), "expired"
+    )
+    failed_by_reason = {str(k): int(n) for k, n in reasons.value_counts().items()}
 
     return {
         "window_days": float(horizon - warmup),
@@ -264,6 +271,7 @@ def kpis(
         "throughput_per_year": float(n_infusions / window_years),
         "batches_started": n_started,
         "batches_failed": int(failed.sum()),
+        "failed_by_reason": failed_by_reason,
         "manufacturing_failure_rate": float((failed & started).sum() / n_started) if n_started else None,
         "vein_to_vein_days": _stats(v2v, ("mean", "p50", "p90", "max")),
         "on_time_target_days": float(target_days),
@@ -300,10 +308,13 @@ def _busy_by_kind(uses: pd.DataFrame, warmup: float, horizon: float) -> dict[str
     busy = _overlap(_num(uses, "start"), _num(uses, "end"), warmup, horizon)
     if len(uses) == 0:
         return {}
-    return {str(k): float(v) for k, v in pd.Series(busy).groupby(uses["kind"].astype(str).to_numpy()).sum().items()}
+    by_kind = pd.Series(busy).groupby(uses["kind"].astype(str).to_numpy()).sum()
+    return {str(k): float(v) for k, v in by_kind.items()}
 
 
-def _utilisation(uses: pd.DataFrame, resources: pd.DataFrame, warmup: float, horizon: float) -> dict[str, float]:
+def _utilisation(
+    uses: pd.DataFrame, resources: pd.DataFrame, warmup: float, horizon: float
+) -> dict[str, float]:
     busy = _busy_by_kind(uses, warmup, horizon)
     return {
         kind: busy.get(kind, 0.0) / available
@@ -385,9 +396,10 @@ def summarise(per_run: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     For every numeric leaf x over the n_x replications where it is not None: mean = sum(x) / n_x and
     ``ci95`` half-width = t(0.975, n_x - 1) * s / sqrt(n_x), s the sample standard deviation (ddof 1);
-    None when n_x < 2. A member of a count group (``deviations``, ``lost_by_stage``) missing from a run
-    counts as 0 in that run. ``replications`` = number of dicts given. The result can be passed to
-    :func:`get_path` and :func:`check_requirements` like a single run's KPIs (gates then test the mean).
+    None when n_x < 2. A member of a count group (``deviations``, ``lost_by_stage``,
+    ``failed_by_reason``) missing from a run counts as 0 in that run. ``replications`` = number of dicts
+    given. The result can be passed to :func:`get_path` and :func:`check_requirements` like a single
+    run's KPIs (gates then test the mean).
     """
     means, cis = _summarise_level(list(per_run), "")
     out: dict[str, Any] = dict(means)
@@ -835,8 +847,8 @@ def losses_table(frames: Frames) -> pd.DataFrame:
     return g.sort_values("count", ascending=False, kind="stable")[cols].reset_index(drop=True)
 
 
-_TRACE_ORDER = {"patient": 0, "batch": 1, "shipment": 2, "resource": 3, "step": 4, "qc": 5, "deviation": 6,
-                "release": 7}
+_TRACE_ORDER = {"patient": 0, "batch": 1, "resource": 2, "step": 3, "qc": 4, "deviation": 5, "release": 6,
+                "shipment": 7}
 
 
 def _d(x: Any) -> str:
@@ -874,7 +886,8 @@ def _trace_rows(f: dict[str, pd.DataFrame], coi: str) -> list[dict[str, Any]]:
             add(stop, None, "batch", str(r.status), str(r.failure_reason or ""), r.batch_no)
     for r in mine["shipments"].itertuples(index=False):
         add(r.depart, r.arrive, "shipment", f"{r.direction} {r.origin} -> {r.destination}",
-            f"{r.condition}; hold limit {_d(_val(r.hold_limit_days))} d; excursion {bool(r.excursion)}", r.batch_no)
+            f"{r.condition}; hold limit {_d(_val(r.hold_limit_days))} d; excursion {bool(r.excursion)}",
+            r.batch_no)
     for r in mine["resource_uses"].itertuples(index=False):
         add(r.start, r.end, "resource", f"{r.kind}:{r.unit}",
             f"{r.activity}; waited {_d(_val(r.start) - _val(r.requested))} d", r.batch_no)
@@ -901,7 +914,8 @@ def patient_trace(frames: Frames, coi: str, run_id: Any = None) -> pd.DataFrame:
 
     Columns: time, end (NaN for instants), kind, what, detail, batch_no, with run_id first when the
     frames hold runs (pass ``run_id`` to keep one). Ties in time keep the order of the journey (patient,
-    batch, shipment, resource, step, qc, deviation, release). Raises ValueError for an unknown coi.
+    batch, resource, step, qc, deviation, release, shipment: a unit is held before its step starts, a
+    product released before it ships). Raises ValueError for an unknown coi.
     """
     parts = []
     for rid, f in _split_runs(frames):
@@ -917,7 +931,8 @@ def patient_trace(frames: Frames, coi: str, run_id: Any = None) -> pd.DataFrame:
         known = [str(c) for c in _table(frames, "patients")["coi"].dropna().unique()]
         close = difflib.get_close_matches(coi, known, n=5, cutoff=0.6)
         where = f" in run {run_id!r}" if run_id is not None else ""
-        raise ValueError(f"no records for coi {coi!r}{where}" + (f"; close matches: {', '.join(close)}" if close else ""))
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"no records for coi {coi!r}{where}{hint}")
     df = pd.concat(parts, ignore_index=True)
     df = df[np.isfinite(df["time"].to_numpy(dtype=float))].copy()
     df["_order"] = df["kind"].map(_TRACE_ORDER)

@@ -364,7 +364,7 @@ class Scenario(_Model):
         if self.booking.mode == "collect_then_queue" and self.gmp.starting_material != "cryopreserved":
             errs.append("booking.mode collect_then_queue needs gmp.starting_material: cryopreserved")
         if errs:
-            raise ValueError("; ".join(errs))
+            raise ValueError(_CROSS + "\n".join(errs))
         return self
 
     def calendar(self, name: str) -> Calendar:
@@ -394,6 +394,7 @@ class ScenarioError(Exception):
 
 
 _MISSING = object()
+_CROSS = "cross-reference problems:\n"
 MAX_FILE_BYTES = 5_000_000
 
 
@@ -448,6 +449,13 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
             msg = _allowed(err)
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
+            if msg.startswith(_CROSS):
+                for line in msg[len(_CROSS) :].splitlines():
+                    where, _, what = line.partition(": ")
+                    if " " in where or not what:  # a sentence, not a field path
+                        where, what = path, line
+                    problems.append((where, what, _MISSING))
+                continue
             problems.append((path, msg, _value_at(data, tuple(err["loc"])) if err["type"] != "missing" else _MISSING))
         raise ScenarioError(source, problems) from None
     if sc.demand.referrals_csv is not None:

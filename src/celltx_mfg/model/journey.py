@@ -301,9 +301,12 @@ class Model:
             b.plan, b.plan_end = plan, start_day + days
         else:
             req = None
-            aph_day = chairs.first_free(math.floor(env.now) + 1)
+            if chairs.calendar.always:
+                aph_day = chairs.first_free(math.floor(env.now))  # a 24/7 service collects on referral
+            else:
+                aph_day = chairs.first_free(math.floor(env.now) + 1)
             chairs.book(aph_day)
-        aph_time = aph_day + self.open_hour[site.name]
+        aph_time = max(env.now, aph_day + self.open_hour[site.name])
         alive = yield from self.wait_until(p, aph_time)
         if not alive:
             if req is not None:
@@ -451,7 +454,6 @@ class Model:
             yield from self.operators.acquire(step.operators, dur, (0 if urgent else 1, *prio))
             start = env.now
             if i == 0:
-                b.mfg_start = start
                 dev = rules.starting_material_hold(sc.gmp, b.apheresis_end, start)
                 if dev is not None:
                     self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", dev.detail)
@@ -459,6 +461,7 @@ class Model:
                         self.operators.release(step.operators)
                         self.abandon(p, b, "failed", "starting_material_hold_exceeded", processed=False)
                         return "recollect"
+                b.mfg_start = start
                 if not self.enter(p, "manufacturing"):
                     self.operators.release(step.operators)
                     self.abandon(p, b, "abandoned", "patient_lost")

@@ -81,15 +81,24 @@ class StaffPool:
         self.calendar = calendar
         self.free = count
         self._waiting: list[tuple[Any, int, int, simpy.Event]] = []
+        self._dispatch_pending = False
 
     def _get(self, n: int, priority: Any) -> simpy.Event:
+        # Requests made at the same instant (everyone waking at the start of a shift) are pooled and
+        # handed out together, by priority, once every one of them is in: not in wake-up order.
         ev = self.env.event()
-        if not self._waiting and self.free >= n:
-            self.free -= n
-            ev.succeed()
-        else:
-            heapq.heappush(self._waiting, (priority, next(_tie), n, ev))
+        heapq.heappush(self._waiting, (priority, next(_tie), n, ev))
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            self.env.timeout(0).callbacks.append(self._dispatch)
         return ev
+
+    def _dispatch(self, _: Any = None) -> None:
+        self._dispatch_pending = False
+        while self._waiting and self._waiting[0][2] <= self.free:
+            _, _, k, ev = heapq.heappop(self._waiting)
+            self.free -= k
+            ev.succeed()
 
     def acquire(self, n: int, duration: float, priority: Any = 1) -> Generator[simpy.Event, Any, float]:
         """Wait until ``n`` people are free on shift for a task of ``duration``; returns the request time."""
@@ -106,13 +115,9 @@ class StaffPool:
             self.release(n)  # the shift ended while we queued: hand back, wait for the next one
 
     def release(self, n: int) -> None:
-        if not n:
-            return
-        self.free += n
-        while self._waiting and self._waiting[0][2] <= self.free:
-            _, _, k, ev = heapq.heappop(self._waiting)
-            self.free -= k
-            ev.succeed()
+        if n:
+            self.free += n
+            self._dispatch()
 
 
 class DayBook:

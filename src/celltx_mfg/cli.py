@@ -1,0 +1,370 @@
+"""`celltx`: the planner's command line. Thin: every command calls config, simulate, store and analysis.
+
+Exit codes: 0 success; 1 a requirement (`check`) or verification failed; 2 bad input (file, option,
+database) with a one-screen message and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(
+    name="celltx",
+    help="Simulate autologous cell-therapy (CAR-T) manufacturing under GMP rules: run scenarios, store "
+    "every batch record in SQLite, report throughput, vein-to-vein time, waits, utilisation and losses.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (default celltx.db)"
+
+
+class Bad(Exception):
+    """Bad input: message for the user, exit code 2."""
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(msg, markup=False)
+    raise typer.Exit(code)
+
+
+def _load(path: Path) -> tuple[Any, str]:
+    from .config import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path)
+    except ScenarioError as e:
+        _fail(e.render())
+        raise  # unreachable
+
+
+def _engine(db: str) -> Any:
+    from .store import StoreError, open_store
+
+    try:
+        return open_store(db)
+    except StoreError as e:
+        _fail(f"database {db}: {e}")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if k == "ci95":
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows.extend(_flatten(v, key + "."))
+        else:
+            rows.append((key, v))
+    return rows
+
+
+def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
+    """One row per KPI (dotted name), with the 95% half-width when there are replications."""
+    from .analysis import get_path
+
+    ci = kpis.get("ci95") or {}
+    table = Table(title=title, show_lines=False)
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    if ci:
+        table.add_column("± 95%", justify="right")
+    for key, value in _flatten(kpis):
+        if ci:
+            try:
+                half = get_path(ci, key)
+            except (ValueError, KeyError, TypeError):
+                half = None
+            table.add_row(key, _fmt(value), _fmt(half) if not isinstance(half, dict) else "")
+        else:
+            table.add_row(key, _fmt(value))
+    return table
+
+
+def _progress(total: int, quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, disable=quiet or total <= 1, transient=True,
+    )
+
+
+@app.command()
+def run(
+    file: Path = typer.Argument(..., help="scenario YAML file"),
+    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", help="base seed (default: the scenario's seed)"),
+    replications: Optional[int] = typer.Option(
+        None, "--replications", "-r", min=1, help="replications (default: the scenario's)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Run a scenario, store every replication whole, print the KPIs (mean and 95% interval)."""
+    from .analysis import kpis as compute_kpis
+    from .analysis import summarise
+    from .simulate import simulate
+    from .store import StoreError, write_run
+
+    sc, text = _load(file)
+    if seed is not None:
+        sc = sc.model_copy(update={"seed": seed})
+    n = replications or sc.replications
+    engine = _engine(db)
+    run_ids: list[int] = []
+    per_run: list[dict[str, Any]] = []
+    with _progress(n, as_json) as bar:
+        task = bar.add_task(f"{sc.name}", total=n)
+        for r in range(n):
+            records = simulate(sc, replication=r)
+            try:
+                run_ids.append(write_run(engine, sc.name, text, records))
+            except StoreError as e:
+                _fail(f"database {db}: {e}")
+            per_run.append(compute_kpis(records.frames(), records.horizon, records.warmup, records.costs))
+            bar.advance(task)
+    result = per_run[0] if n == 1 else summarise(per_run)
+    if as_json:
+        print(json.dumps({"scenario": sc.name, "runs": run_ids, "kpis": result}, default=float))
+        return
+    title = f"{sc.name}: {n} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {db}"
+    out.print(kpi_table(title, result))
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="scenario YAML file(s)")) -> None:
+    """Check scenario files: every problem at once, with its field path, the bad value and what is allowed."""
+    from .config import ScenarioError, load_scenario
+
+    bad = 0
+    for f in files:
+        try:
+            sc, _ = load_scenario(f)
+            out.print(f"{f}: ok ({sc.name}: {len(sc.sites)} site(s), {len(sc.products)} product(s), "
+                      f"{sc.horizon_days:g} days)", markup=False)
+        except ScenarioError as e:
+            err.print(e.render(), markup=False)
+            bad += 1
+    if bad:
+        raise typer.Exit(2)
+
+
+def _runs_for(engine: Any, run: Optional[list[int]], scenario: Optional[str]) -> list[int]:
+    from .store import list_runs
+
+    runs = list_runs(engine)
+    if runs.empty:
+        _fail("the database holds no runs yet: create some with `celltx run scenarios/baseline.yaml`")
+    if run:
+        missing = sorted(set(run) - set(int(x) for x in runs["id"]))
+        if missing:
+            _fail(f"no run with id {missing}; runs in the database: {int(runs['id'].min())}-{int(runs['id'].max())}")
+        return list(run)
+    if scenario:
+        sel = runs[runs["scenario"] == scenario]
+        if sel.empty:
+            _fail(f"no runs of scenario {scenario!r}; scenarios: {sorted(set(runs['scenario']))}")
+        return [int(x) for x in sel["id"]]
+    last = runs.sort_values("id").iloc[-1]
+    same = runs[(runs["scenario_hash"] == last["scenario_hash"])] if "scenario_hash" in runs else runs.iloc[[-1]]
+    return [int(x) for x in same["id"]]
+
+
+def stored_kpis(engine: Any, run_ids: list[int]) -> dict[str, Any]:
+    """KPIs of stored runs: one run as is, several summarised with intervals."""
+    from .analysis import kpis as compute_kpis
+    from .analysis import summarise
+    from .store import load_frames, load_run_meta
+
+    per_run = []
+    for rid in run_ids:
+        meta = load_run_meta(engine, rid)
+        frames = load_frames(engine, [rid])
+        per_run.append(compute_kpis(frames, meta["horizon"], meta["warmup"], meta.get("costs")))
+    return per_run[0] if len(per_run) == 1 else summarise(per_run)
+
+
+@app.command()
+def kpis(
+    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    run: Optional[list[int]] = typer.Option(None, "--run", help="run id (repeatable); default: the latest scenario's runs"),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="all runs of this scenario name"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """KPIs of stored runs, computed from the database by the same definitions as `run`."""
+    if "://" not in db and not Path(db).exists():
+        _fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
+    engine = _engine(db)
+    ids = _runs_for(engine, run, scenario)
+    result = stored_kpis(engine, ids)
+    if as_json:
+        print(json.dumps({"runs": ids, "kpis": result}, default=float))
+    else:
+        out.print(kpi_table(f"runs {ids} in {db}", result))
+
+
+@app.command()
+def export(
+    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    fmt: str = typer.Option("csv", "--format", help="csv or parquet"),
+    out_dir: Path = typer.Option(Path("export"), "--out", help="output folder (or file for --batch)"),
+    run: Optional[list[int]] = typer.Option(None, "--run", help="run id(s); default all"),
+    batch: Optional[str] = typer.Option(None, "--batch", help="one chain-of-identity id: its whole record as one CSV"),
+) -> None:
+    """Export tables (one file per table) or one batch's whole GMP record for a QA reviewer."""
+    from . import store
+
+    if fmt not in ("csv", "parquet"):
+        _fail(f"--format: {fmt!r} is not allowed; use csv or parquet")
+    if "://" not in db and not Path(db).exists():
+        _fail(f"database {db} does not exist")
+    engine = _engine(db)
+    try:
+        if batch:
+            target = out_dir if out_dir.suffix == ".csv" else out_dir / f"{batch}.csv"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            n = store.export_batch_csv(engine, batch, target, run_id=run[0] if run else None)
+            out.print(f"wrote {n} rows of {batch} to {target}", markup=False)
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fn = store.export_csv if fmt == "csv" else store.export_parquet
+        written = fn(engine, out_dir, run_ids=run)
+    except (store.StoreError, OSError, ValueError, KeyError) as e:
+        _fail(f"export failed: {e}")
+    for p in written or []:
+        out.print(str(p), markup=False)
+
+
+@app.command()
+def check(
+    file: Path = typer.Argument(..., help="scenario YAML file"),
+    require: list[str] = typer.Option(..., "--require", help="e.g. 'vein_to_vein_days.p90<=28' (repeatable)"),
+    db: Optional[str] = typer.Option(None, "--db", help="also store the runs here"),
+    replications: Optional[int] = typer.Option(None, "--replications", "-r", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a scenario and fail (exit 1) when a KPI requirement is not met: a CI gate."""
+    from .analysis import check_requirements
+    from .analysis import kpis as compute_kpis
+    from .analysis import summarise
+    from .simulate import simulate
+
+    sc, text = _load(file)
+    n = replications or sc.replications
+    engine = _engine(db) if db else None
+    per_run = []
+    with _progress(n, as_json) as bar:
+        task = bar.add_task(sc.name, total=n)
+        for r in range(n):
+            records = simulate(sc, replication=r)
+            if engine is not None:
+                from .store import write_run
+
+                write_run(engine, sc.name, text, records)
+            per_run.append(compute_kpis(records.frames(), records.horizon, records.warmup, records.costs))
+            bar.advance(task)
+    result = per_run[0] if n == 1 else summarise(per_run)
+    try:
+        results = check_requirements(result, require)
+    except ValueError as e:
+        _fail(f"--require: {e}")
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        print(json.dumps({"scenario": sc.name, "ok": not failed,
+                          "requirements": [r._asdict() for r in results]}, default=float))
+    else:
+        for r in results:
+            mark = "PASS" if r.ok else "FAIL"
+            out.print(f"{mark}  {r.requirement}  (actual {_fmt(r.actual)})", markup=False)
+    if failed:
+        if not as_json:
+            err.print(f"{len(failed)} of {len(results)} requirement(s) not met for {sc.name}", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    run: Optional[int] = typer.Option(None, "--run", help="one run id; default all"),
+) -> None:
+    """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
+    inserted after the fact (exit 1)."""
+    from .store import verify as verify_store
+
+    if "://" not in db and not Path(db).exists():
+        _fail(f"database {db} does not exist")
+    problems = verify_store(_engine(db), run)
+    if not problems:
+        out.print(f"{db}: every run's record chain and release signature verified", markup=False)
+        return
+    for p in problems:
+        err.print(str(p), markup=False)
+    err.print(f"{len(problems)} integrity problem(s) found", markup=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def dashboard(
+    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    port: int = typer.Option(8501, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+) -> None:
+    """Serve the Streamlit dashboard on the given database (Ctrl-C stops it)."""
+    app_file = Path(__file__).resolve().parents[2] / "dashboards" / "Overview.py"
+    if not app_file.exists():
+        _fail(f"dashboard files not found at {app_file}")
+    env = dict(os.environ, CELLTX_DB=db)
+    out.print(f"dashboard on http://{host}:{port}  (database {db}; Ctrl-C to stop)", markup=False)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0)
+
+
+@app.command()
+def version() -> None:
+    """Print the package version."""
+    out.print(__version__)
+
+
+def _register_optional() -> None:
+    try:
+        from .cli_experiments import register
+    except ImportError:
+        return
+    register(app)
+
+
+_register_optional()
+
+
+def main() -> None:  # pragma: no cover - console entry point convenience
+    app()

@@ -1,0 +1,29 @@
+"""Shared fixtures: small, fast versions of the shipped scenarios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from celltx_mfg.config import Scenario, load_scenario, parse_text
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "scenarios"
+
+
+def shrink(path: Path, horizon: float = 240.0, warmup: float = 60.0, **top: object) -> tuple[Scenario, str]:
+    """The scenario with a shorter horizon: same plant, same rules, a fraction of the run time."""
+    _, text = load_scenario(path)
+    data = yaml.safe_load(text)
+    data["horizon_days"] = horizon
+    data["warmup_days"] = warmup
+    data.update(top)
+    text = yaml.safe_dump(data, sort_keys=False)
+    return parse_text(text, str(path)), text
+
+
+@pytest.fixture(scope="session")
+def baseline_small() -> tuple[Scenario, str]:
+    return shrink(SCENARIOS / "baseline.yaml")
