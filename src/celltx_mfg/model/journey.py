@@ -152,6 +152,8 @@ class Model:
             self.infusion_slots[s.name] = DayBook(s.infusion_slots_per_day, cal)
             self.open_hour[s.name] = 0.0 if cal.always else min(h for h, _ in cal.shifts) / 24.0
         self.plans = {name: _Plan(p) for name, p in sc.products.items()}
+        ops_cal = self.operators.calendar
+        self.plant_open = 0.0 if ops_cal.always else min(h for h, _ in ops_cal.shifts) / 24.0
         self.suite_plans = {False: SuitePlan(general), True: SuitePlan(r.dedicated_suites)}
         clearance = sc.gmp.line_clearance.mean()
         self.reserve_days = {
@@ -353,8 +355,8 @@ class Model:
         if not self.enter(p, "waiting_for_suite"):
             b.status = "abandoned"
             return "lost"
-        if b.slot_day is not None and b.slot_day > env.now:
-            yield env.timeout(b.slot_day - env.now)
+        if b.slot_day is not None and b.slot_day + self.plant_open > env.now:
+            yield env.timeout(b.slot_day + self.plant_open - env.now)
         b.ready = env.now
         outcome = yield from self.manufacture(p, b)
         if outcome != "made":
