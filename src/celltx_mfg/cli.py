@@ -342,7 +342,8 @@ def dashboard(
     env = dict(os.environ, CELLTX_DB=db)
     out.print(f"dashboard on http://{host}:{port}  (database {db}; Ctrl-C to stop)", markup=False)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal"]
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
