@@ -63,21 +63,26 @@ def main() -> None:
     # one-year replication, best of three (the machine is shared)
     one_year = min(_timed(lambda: simulate(sc1))[0] for _ in range(3))
 
-    with tempfile.TemporaryDirectory() as d:
-        engine = open_store(str(Path(d) / "bench.db"))
-        t0 = time.perf_counter()
-        rec = simulate(sc5)
-        t_sim = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        write_run(engine, sc5.name, text5, rec)
-        t_store = time.perf_counter() - t1
-    full = t_sim + t_store
-    n_pat = len(rec.patients)
-    rows = sum(len(getattr(rec, name)) for name, _ in rec.TABLES)
+    # best of three of each side, interleaved, so both see the same machine load
+    t_sim = t_store = bare_t = float("inf")
     servers = sc5.resources.suites - sc5.resources.dedicated_suites
     mean_service = sc5.booking.planned_suite_days or 12.0
-    rate = n_pat / sc5.horizon_days
-    bare_t, bare_events = bare_mmc(n_pat, rate, servers, mean_service)
+    for i in range(3):
+        with tempfile.TemporaryDirectory() as d:
+            engine = open_store(str(Path(d) / "bench.db"))
+            t0 = time.perf_counter()
+            rec = simulate(sc5)
+            t_sim = min(t_sim, time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            write_run(engine, sc5.name, text5, rec)
+            t_store = min(t_store, time.perf_counter() - t1)
+            engine.dispose()
+        n_pat = len(rec.patients)
+        for _ in range(5):  # the bare loop is short: more tries to find its floor
+            bt, bare_events = bare_mmc(n_pat, n_pat / sc5.horizon_days, servers, mean_service)
+            bare_t = min(bare_t, bt)
+    full = t_sim + t_store
+    rows = sum(len(getattr(rec, name)) for name, _ in rec.TABLES)
 
     full_eps, bare_eps = rec.events / full, bare_events / bare_t
     print(f"baseline, 5 years: {n_pat} patients, {rec.events} events, {rows} rows logged")

@@ -8,7 +8,8 @@ shift); it then belongs to the weekday it starts on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -26,11 +27,26 @@ class Calendar:
     def around_the_clock(cls) -> "Calendar":
         return cls(shifts=((0.0, 24.0),), days=frozenset(range(7)), always=True)
 
-    def _windows_of_day(self, day: int) -> list[tuple[float, float]]:
-        """On-shift windows (start, end) in days that begin on simulation day ``day``."""
-        if (self.start_weekday + day) % 7 not in self.days:
-            return []
-        return [(day + s / 24.0, day + (s + h) / 24.0) for s, h in self.shifts]
+    _cache: dict[int, tuple[tuple[float, float], ...]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+
+    @cached_property
+    def longest(self) -> float:
+        """Longest shift, in days."""
+        return max(h for _, h in self.shifts) / 24.0
+
+    def _windows_of_day(self, day: int) -> tuple[tuple[float, float], ...]:
+        """On-shift windows (start, end) in days that begin on simulation day ``day`` (memoised: staff
+        look this up for every task)."""
+        w = self._cache.get(day)
+        if w is None:
+            if (self.start_weekday + day) % 7 not in self.days:
+                w = ()
+            else:
+                w = tuple((day + s / 24.0, day + (s + h) / 24.0) for s, h in self.shifts)
+            self._cache[day] = w
+        return w
 
     def next_start(self, t: float, duration: float = 0.0) -> float:
         """Earliest time >= t at which a task of ``duration`` days can start on shift.
@@ -41,12 +57,11 @@ class Calendar:
         """
         if self.always:
             return t
-        longest = max(h for _, h in self.shifts) / 24.0
-        need = min(duration, longest)
+        need = duration if duration < self.longest else self.longest
         day = math.floor(t) - 1  # a night shift from yesterday may still be running
         for d in range(day, day + 15):
             for ws, we in self._windows_of_day(d):
-                start = max(ws, t)
+                start = ws if ws > t else t
                 if start + need <= we + 1e-12 and start < we + 1e-12:
                     return start
         raise ValueError("calendar has no working window in two weeks")  # validated away in config

@@ -163,6 +163,7 @@ class Model:
         self.required_tests = rules.tests_required_for_release(sc.qc, sc.release)
         self.urgency_order = {u: i for i, u in enumerate(sc.booking.urgency_order)}
         self.open_holds: dict[tuple[str, str], tuple[str, str, str, float, float]] = {}
+        self.open_until: dict[str, float] = {}  # batch -> when its last blocking deviation closes
         self.patients: list[Patient] = []
         self.batches: list[Batch] = []
 
@@ -176,6 +177,8 @@ class Model:
         closed = None
         if rules.blocks_release(severity):
             closed = self.env.now + self.stream("deviation_investigation", self.sc.gmp.deviation_investigation).sample()
+            if b is not None:
+                self.open_until[b.batch_no] = max(closed, self.open_until.get(b.batch_no, 0.0))
         self.rec.deviations.append(
             Deviation(p.coi if p else None, b.batch_no if b else None, self.env.now, kind, severity, stage, detail, closed)
         )
@@ -566,9 +569,9 @@ class Model:
                 b.status, b.failure_reason = "failed", "oos_rejected"
                 return "recollect"
         # major/critical deviations must be closed before the QP may release (rule 9)
-        closes = [d.closed for d in self.rec.deviations if d.batch_no == b.batch_no and d.closed is not None]
-        if closes and max(closes) > env.now:
-            yield env.timeout(max(closes) - env.now)
+        closes = self.open_until.get(b.batch_no, 0.0)
+        if closes > env.now:
+            yield env.timeout(closes - env.now)
         hands = sc.release.qa_review_hours / 24.0
         elapsed = self.stream("qa_review", sc.release.qa_review_elapsed).sample()
         requested = env.now
