@@ -71,7 +71,7 @@ class StepEvent(NamedTuple):
 
 
 class ResourceUse(NamedTuple):
-    kind: str  # suite | incubator | closed_device | freezer | operators | qc_analysts | qa_reviewers | apheresis | infusion
+    kind: str  # suite | incubator | closed_device | freezer | operators | qc_analysts | qa_reviewers | apheresis | infusion | manufacturing_slot
     unit: str
     coi: Optional[str]
     batch_no: Optional[str]

@@ -1,0 +1,120 @@
+"""How much the GMP batch log costs: write_run (digests, constraints, one transaction) against a bare
+sqlite3 executemany of the same step-event tuples, both measured in this run on this machine.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_store.py [--steps 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from celltx_mfg import store  # noqa: E402
+from celltx_mfg.records import (  # noqa: E402
+    BatchRecord,
+    PatientRecord,
+    QCResult,
+    ReleaseRecord,
+    ResourceUse,
+    RunRecords,
+    StepEvent,
+)
+
+STEPS = ("thaw_and_wash", "selection", "activation", "transduction", "expansion", "harvest_formulation",
+         "cryopreservation")
+
+
+def synthetic_run(n_steps: int, seed: int = 7) -> RunRecords:
+    """Plant-shaped records: batches of seven steps each, one QC panel and release per batch."""
+    rng = random.Random(seed)
+    rec = RunRecords("bench", seed, 0, 3650.0, 365.0, costs={"materials": 1.0e8})
+    n_batches = max(1, -(-n_steps // len(STEPS)))
+    for b in range(n_batches):
+        coi = f"COI-{b + 1:07d}"
+        bno = f"{coi}-A1"
+        t0 = b * 3650.0 / n_batches
+        t = t0
+        for i in range(len(STEPS)):
+            if len(rec.steps) >= n_steps:
+                break
+            wait = rng.random() * 0.2
+            dur = 8.0 if STEPS[i] == "expansion" else 0.1 + rng.random() * 0.3
+            rec.steps.append(StepEvent(coi, bno, STEPS[i], i, t, t + wait, t + wait + dur,
+                                       f"suite:S{1 + b % 4}", 2, i % 2 == 0, "ok"))
+            t += wait + dur
+        if b < 2000:  # a few thousand rows of the other tables
+            rec.patients.append(PatientRecord(coi, b + 1, "Site-A", "axi-cel", "standard", False, t0 - 6, t0 - 5,
+                                              t0 - 1, t + 10, "infused", None, None, None, None, 1))
+            rec.batches.append(BatchRecord(coi, bno, 1, "axi-cel", "infused", None, t0, t0 - 1, t0 - 0.8, t0 - 0.3,
+                                           t0, t0 + 0.1, t, t + 7, t + 7.5, "full", t + 8, t + 9, t + 10, t + 365,
+                                           "S1", False, False))
+            rec.resource_uses.append(ResourceUse("suite", "S1", coi, bno, "line_clearance", t, t, t + 0.08))
+            for test in ("sterility", "mycoplasma", "endotoxin"):
+                rec.qc_results.append(QCResult(coi, bno, test, t, t + 0.1, t + 3, "pass", True))
+            rec.releases.append(ReleaseRecord(coi, bno, t + 7.5, "full", "qualified_person", "released", ""))
+    return rec
+
+
+def raw_baseline(path: Path, rows: list[tuple]) -> tuple[float, float]:
+    """Wall and CPU seconds of a plain executemany of (run_id, row_seq, *fields) into a bare table
+    (no key, no constraint, no digest), with the store's settings."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    cols = ", ".join(["run_id", "row_seq", *(f'"{f}"' for f in StepEvent._fields)])
+    con.execute(f"CREATE TABLE steps ({cols})")
+    t, c = time.perf_counter(), time.process_time()
+    con.execute("BEGIN IMMEDIATE")
+    con.executemany(f"INSERT INTO steps VALUES ({', '.join('?' * (len(StepEvent._fields) + 2))})", rows)
+    con.commit()
+    elapsed = time.perf_counter() - t, time.process_time() - c
+    con.close()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1_000_000)
+    args = ap.parse_args()
+    rec = synthetic_run(args.steps)
+    others = sum(len(getattr(rec, n)) for n, _ in RunRecords.TABLES) - len(rec.steps)
+    with tempfile.TemporaryDirectory() as d:
+        rows = [(1, i, *r) for i, r in enumerate(rec.steps)]
+        gc.disable()
+        base = raw_baseline(Path(d) / "bare.db", rows)
+        gc.enable()
+        del rows
+        engine = store.open_store(str(Path(d) / "celltx.db"))
+        t, c = time.perf_counter(), time.process_time()
+        run_id = store.write_run(engine, "bench", "name: bench\n", rec)
+        write = time.perf_counter() - t, time.process_time() - c
+        t = time.perf_counter()
+        problems = store.verify(engine, run_id)
+        check = time.perf_counter() - t
+        t = time.perf_counter()
+        frames = store.load_frames(engine, [run_id])
+        load = time.perf_counter() - t
+        assert not problems and len(frames["steps"]) == len(rec.steps)
+        size = sum(p.stat().st_size for p in Path(d).glob("celltx.db*"))
+    n = len(rec.steps)
+    print(f"step events: {n:,}  other rows: {others:,}   (wall s / CPU s of this process; the machine is shared)")
+    print(f"raw sqlite3 executemany, bare table : {base[0]:6.2f} / {base[1]:5.2f} s  "
+          f"{n / base[0]:>9,.0f} rows/s wall")
+    print(f"write_run (digests, checks, 1 txn)  : {write[0]:6.2f} / {write[1]:5.2f} s  "
+          f"{(n + others) / write[0]:>9,.0f} rows/s wall")
+    print(f"ratio write_run / raw               : {write[0] / base[0]:6.2f} wall, {write[1] / base[1]:.2f} CPU")
+    print(f"verify                              : {check:6.2f} s  {(n + others) / check:>10,.0f} rows/s")
+    print(f"load_frames                         : {load:6.2f} s")
+    print(f"database size                       : {size / 1e6:6.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
