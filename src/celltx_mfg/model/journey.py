@@ -328,7 +328,8 @@ class Model:
             p.first_apheresis = env.now
         booked_at = p.slot_booked if p.slot_booked is not None else p.referred
         self.rec.resource_uses.append(
-            ResourceUse("apheresis", site.name, p.coi, b.batch_no, "apheresis", booked_at, float(aph_day), aph_day + 1.0)
+            ResourceUse("apheresis", site.name, p.coi, b.batch_no, "apheresis", min(booked_at, float(aph_day)),
+                        float(aph_day), aph_day + 1.0)
         )
         if b.slot_day is not None:
             self.rec.resource_uses.append(
@@ -452,11 +453,14 @@ class Model:
                         yield ev
                 unit = ev.value
                 b.held[kind] = [unit, ready, env.now, step.name]
+                if kind == "suite":
+                    b.suite = unit
                 self.open_holds[(kind, unit)] = (b.coi, b.batch_no, step.name, ready, env.now)
             dur = self.stream(f"step:{p.product}:{step.name}", step.duration).sample()
             # fresh starting material is on the clock: its first step goes ahead of routine work
             urgent = i == 0 and sc.gmp.starting_material == "fresh"
-            yield from self.operators.acquire(step.operators, dur, (0 if urgent else 1, *prio))
+            if step.operators:
+                yield from self.operators.acquire(step.operators, dur, (0 if urgent else 1, *prio))
             start = env.now
             if i == 0:
                 dev = rules.starting_material_hold(sc.gmp, b.apheresis_end, start)
@@ -472,8 +476,9 @@ class Model:
                     self.abandon(p, b, "abandoned", "patient_lost")
                     return "lost"
             yield env.timeout(dur)
-            self.operators.release(step.operators)
-            self.staff_use(self.operators, step.operators, b, step.name, ready, start)
+            if step.operators:
+                self.operators.release(step.operators)
+                self.staff_use(self.operators, step.operators, b, step.name, ready, start)
             failed = bool(step.failure) and self.stream(f"fail:{p.product}:{step.name}").sample() < step.failure.probability
             units = ";".join(f"{k}:{v[0]}" for k, v in b.held.items())
             self.rec.steps.append(
@@ -534,17 +539,15 @@ class Model:
                            f"{t.name} failed after conditional release; clinic notified, recall opened")
         return failed
 
-    def test_and_release(self, p: Patient, b: Batch) -> Proc:
-        env, sc = self.env, self.sc
-        p.stage = "qc_release"
-        tests = {t.name: (t, env.process(self.qc_test(p, b, t))) for t in sc.qc.tests}
-        needed = [ev for name, (_, ev) in tests.items() if name in self.required_tests]
-        if needed:
-            yield env.all_of(needed)
-        b.qc_complete = env.now
+    def qc_verdict(self, p: Patient, b: Batch, tests: dict[str, Any], handled: set[str]) -> str | None:
+        """Act on every failed result in hand not yet acted on: a deviation each, then the gravest
+        consequence; an out-of-specification product follows the OOS policy (rule 11). None: go on."""
         consequences = set()
         for name, (t, ev) in tests.items():
-            if name in self.required_tests and ev.value:
+            if name in handled or not ev.triggered:
+                continue
+            handled.add(name)
+            if ev.value:
                 sev = "critical" if t.sterility else "major"
                 self.deviation(b, p, f"oos_{name}", sev, "qc_release", f"{name} out of specification")
                 consequences.add(t.consequence)
@@ -555,45 +558,65 @@ class Model:
         if "recollect" in consequences:
             b.status, b.failure_reason = "failed", "qc_failure"
             return "recollect"
-        if "oos" in consequences:
+        if ("oos" in consequences or b.oos) and b.release_mode != "exceptional_oos":
             b.oos = True
-        mode = "conditional" if sc.release.policy == "conditional" else "full"
-        if b.oos:
-            if sc.gmp.oos_policy == "exceptional_release" and (
-                self.stream("exceptional_release").sample() < sc.gmp.exceptional_release_probability
+            if self.sc.gmp.oos_policy == "exceptional_release" and (
+                self.stream("exceptional_release").sample() < self.sc.gmp.exceptional_release_probability
             ):
-                mode = "exceptional_oos"
+                b.release_mode = "exceptional_oos"
                 self.deviation(b, p, "exceptional_release", "minor", "qc_release",
                                "OOS product supplied at physician's request; risk assessment and authority notice on file")
             else:
                 b.status, b.failure_reason = "failed", "oos_rejected"
                 return "recollect"
-        # major/critical deviations must be closed before the QP may release (rule 9)
-        closes = self.open_until.get(b.batch_no, 0.0)
-        if closes > env.now:
-            yield env.timeout(closes - env.now)
-        hands = sc.release.qa_review_hours / 24.0
-        elapsed = self.stream("qa_review", sc.release.qa_review_elapsed).sample()
-        requested = env.now
-        yield from self.reviewers.acquire(1, hands)
-        start = env.now
-        yield env.timeout(hands)
-        self.reviewers.release(1)
-        self.staff_use(self.reviewers, 1, b, "qa_review", requested, start)
-        if elapsed > env.now - requested:
-            yield env.timeout(elapsed - (env.now - requested))
-        if not self.enter(p, "qc_release"):
-            b.status = "abandoned"
-            return "lost"
-        if rules.expired(b.expiry, env.now):
-            self.deviation(b, p, "expired_before_release", "major", "qc_release", "shelf life ended before release")
-            b.status, b.failure_reason = "expired", "expired"
-            return "recollect"
+        return None
+
+    def test_and_release(self, p: Patient, b: Batch) -> Proc:
+        env, sc = self.env, self.sc
+        p.stage = "qc_release"
+        tests = {t.name: (t, env.process(self.qc_test(p, b, t))) for t in sc.qc.tests}
+        needed = [ev for name, (_, ev) in tests.items() if name in self.required_tests]
+        if needed:
+            yield env.all_of(needed)
+        b.qc_complete = env.now
+        handled: set[str] = set()
+        outcome = self.qc_verdict(p, b, tests, handled)
+        if outcome is not None:
+            return outcome
+        while True:
+            # major/critical deviations must be closed before the QP may release (rule 9)
+            closes = self.open_until.get(b.batch_no, 0.0)
+            if closes > env.now:
+                yield env.timeout(closes - env.now)
+            hands = sc.release.qa_review_hours / 24.0
+            elapsed = self.stream("qa_review", sc.release.qa_review_elapsed).sample()
+            requested = env.now
+            yield from self.reviewers.acquire(1, hands)
+            start = env.now
+            yield env.timeout(hands)
+            self.reviewers.release(1)
+            self.staff_use(self.reviewers, 1, b, "qa_review", requested, start)
+            if elapsed > env.now - requested:
+                yield env.timeout(elapsed - (env.now - requested))
+            if not self.enter(p, "qc_release"):
+                b.status = "abandoned"
+                return "lost"
+            if rules.expired(b.expiry, env.now):
+                self.deviation(b, p, "expired_before_release", "major", "qc_release", "shelf life ended before release")
+                b.status, b.failure_reason = "expired", "expired"
+                return "recollect"
+            # a result that came in during review, even one the policy would not wait for, is in hand: the
+            # QP cannot sign over a known failure (rule 10); a new deviation means another review once closed
+            outcome = self.qc_verdict(p, b, tests, handled)
+            if outcome is not None:
+                return outcome
+            if self.open_until.get(b.batch_no, 0.0) <= env.now:
+                break
         b.released = env.now
-        b.release_mode = mode
+        b.release_mode = b.release_mode or ("conditional" if sc.release.policy == "conditional" else "full")
         pending = sorted(n for n, (_, ev) in tests.items() if not ev.triggered)
         self.rec.releases.append(
-            ReleaseRecord(b.coi, b.batch_no, env.now, mode, "qualified_person", "released", ";".join(pending))
+            ReleaseRecord(b.coi, b.batch_no, env.now, b.release_mode, "qualified_person", "released", ";".join(pending))
         )
         b.status = "released"
         return "released"
