@@ -119,3 +119,20 @@ def test_circular_base(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
     with pytest.raises(ScenarioError, match="circular"):
         load_scenario(tmp_path / "a.yaml")
+
+
+def test_referrals_from_csv_days_and_dates(tmp_path: Path) -> None:
+    from celltx_mfg.config import scenario_referral_days
+
+    d = _base()
+    (tmp_path / "ref.csv").write_text("date,note\n2027-01-04,first\n2027-01-06T12:00:00,second\n")
+    d["demand"]["referrals_csv"] = "ref.csv"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    sc, _ = load_scenario(tmp_path / "s.yaml")
+    assert scenario_referral_days(sc) == [0.0, 2.5]
+    (tmp_path / "ref.csv").write_text("day\n3\nsoon\n")
+    with pytest.raises(ScenarioError, match="line 3"):
+        load_scenario(tmp_path / "s.yaml")
+    (tmp_path / "ref.csv").write_text("when\n3\n")
+    with pytest.raises(ScenarioError, match="`day` or `date`"):
+        load_scenario(tmp_path / "s.yaml")

@@ -462,22 +462,42 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
-        days = load_referrals(csv_path, source)
+        days = load_referrals(csv_path, source, sc.start_date)
         sc._referral_days = days
     return sc
 
 
-def load_referrals(path: Path, source: str) -> list[float]:
-    """Referral days from a CSV with a `day` column (days from start) or a `date` column (ISO dates)."""
+def load_referrals(path: Path, source: str, start: dt.date = dt.date(2027, 1, 4)) -> list[float]:
+    """Referral days from a CSV with a `day` column (days from the start date) or a `date` column (ISO
+    dates or date-times, converted to days from ``start``): a plant's own referral log replayed."""
     field = "demand.referrals_csv"
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ScenarioError(source, [(field, f"cannot read {path}: {e}", _MISSING)]) from None
-    if not rows or not ({"day"} & set(rows[0]) or {"date"} & set(rows[0])):
-        raise ScenarioError(source, [(field, f"{path} needs a `day` or `date` column", _MISSING)])
-    return [float(r["day"]) for r in rows if r.get("day") not in (None, "")]
+    cols = set(rows[0]) if rows else set()
+    if "day" not in cols and "date" not in cols:
+        raise ScenarioError(source, [(field, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)])
+    days: list[float] = []
+    origin = dt.datetime.combine(start, dt.time())
+    for i, r in enumerate(rows, start=2):
+        try:
+            if "day" in cols and r.get("day") not in (None, ""):
+                v = float(r["day"])
+            elif "date" in cols and r.get("date") not in (None, ""):
+                v = (dt.datetime.fromisoformat(r["date"].strip()) - origin).total_seconds() / 86400.0
+            else:
+                continue
+        except ValueError:
+            bad = r.get("day") if "day" in cols else r.get("date")
+            raise ScenarioError(
+                source, [(field, f"{path} line {i}: not a number of days or an ISO date", bad)]
+            ) from None
+        if not math.isfinite(v) or v < 0:
+            raise ScenarioError(source, [(field, f"{path} line {i}: referral before the start date or not finite", v)])
+        days.append(v)
+    return days
 
 
 def scenario_referral_days(sc: Scenario) -> list[float] | None:
