@@ -4,7 +4,6 @@ conserves patients and is reproducible."""
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -68,8 +67,6 @@ def test_segregation_and_line_clearance(run: tuple[Scenario, RunRecords]) -> Non
         if u.kind == "suite":
             by_suite[u.unit].append(u)
     assert by_suite
-    min_clear = sc.gmp.line_clearance.draw.__self__.mean() * 0  # placeholder replaced below
-    del min_clear
     for unit, uses in by_suite.items():
         uses.sort(key=lambda u: (u.start, u.activity != "line_clearance"))
         holds = [u for u in uses if u.activity != "line_clearance"]

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .cli_common import err, fail, load_or_exit, open_db
 
 app = typer.Typer(
     name="celltx",
@@ -29,7 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (default celltx.db)"
 
@@ -38,28 +38,13 @@ class Bad(Exception):
     """Bad input: message for the user, exit code 2."""
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    err.print(msg, markup=False)
-    raise typer.Exit(code)
 
 
-def _load(path: Path) -> tuple[Any, str]:
-    from .config import ScenarioError, load_scenario
-
-    try:
-        return load_scenario(path)
-    except ScenarioError as e:
-        _fail(e.render())
-        raise  # unreachable
 
 
-def _engine(db: str) -> Any:
-    from .store import StoreError, open_store
 
-    try:
-        return open_store(db)
-    except StoreError as e:
-        _fail(f"database {db}: {e}")
+
+
 
 
 def _fmt(v: Any) -> str:
@@ -132,11 +117,11 @@ def run(
     from .simulate import simulate
     from .store import StoreError, write_run
 
-    sc, text = _load(file)
+    sc, text = load_or_exit(file)
     if seed is not None:
         sc = sc.model_copy(update={"seed": seed})
     n = replications or sc.replications
-    engine = _engine(db)
+    engine = open_db(db)
     run_ids: list[int] = []
     per_run: list[dict[str, Any]] = []
     with _progress(n, as_json) as bar:
@@ -146,7 +131,7 @@ def run(
             try:
                 run_ids.append(write_run(engine, sc.name, text, records))
             except StoreError as e:
-                _fail(f"database {db}: {e}")
+                fail(f"database {db}: {e}")
             per_run.append(compute_kpis(records.frames(), records.horizon, records.warmup, records.costs))
             bar.advance(task)
     result = per_run[0] if n == 1 else summarise(per_run)
@@ -180,16 +165,16 @@ def _runs_for(engine: Any, run: Optional[list[int]], scenario: Optional[str]) ->
 
     runs = list_runs(engine)
     if runs.empty:
-        _fail("the database holds no runs yet: create some with `celltx run scenarios/baseline.yaml`")
+        fail("the database holds no runs yet: create some with `celltx run scenarios/baseline.yaml`")
     if run:
         missing = sorted(set(run) - set(int(x) for x in runs["id"]))
         if missing:
-            _fail(f"no run with id {missing}; runs in the database: {int(runs['id'].min())}-{int(runs['id'].max())}")
+            fail(f"no run with id {missing}; runs in the database: {int(runs['id'].min())}-{int(runs['id'].max())}")
         return list(run)
     if scenario:
         sel = runs[runs["scenario"] == scenario]
         if sel.empty:
-            _fail(f"no runs of scenario {scenario!r}; scenarios: {sorted(set(runs['scenario']))}")
+            fail(f"no runs of scenario {scenario!r}; scenarios: {sorted(set(runs['scenario']))}")
         return [int(x) for x in sel["id"]]
     last = runs.sort_values("id").iloc[-1]
     same = runs[(runs["scenario_hash"] == last["scenario_hash"])] if "scenario_hash" in runs else runs.iloc[[-1]]
@@ -219,8 +204,8 @@ def kpis(
 ) -> None:
     """KPIs of stored runs, computed from the database by the same definitions as `run`."""
     if "://" not in db and not Path(db).exists():
-        _fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
-    engine = _engine(db)
+        fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
+    engine = open_db(db)
     ids = _runs_for(engine, run, scenario)
     result = stored_kpis(engine, ids)
     if as_json:
@@ -241,10 +226,10 @@ def export(
     from . import store
 
     if fmt not in ("csv", "parquet"):
-        _fail(f"--format: {fmt!r} is not allowed; use csv or parquet")
+        fail(f"--format: {fmt!r} is not allowed; use csv or parquet")
     if "://" not in db and not Path(db).exists():
-        _fail(f"database {db} does not exist")
-    engine = _engine(db)
+        fail(f"database {db} does not exist")
+    engine = open_db(db)
     try:
         if batch:
             target = out_dir if out_dir.suffix == ".csv" else out_dir / f"{batch}.csv"
@@ -256,7 +241,7 @@ def export(
         fn = store.export_csv if fmt == "csv" else store.export_parquet
         written = fn(engine, out_dir, run_ids=run)
     except (store.StoreError, OSError, ValueError, KeyError) as e:
-        _fail(f"export failed: {e}")
+        fail(f"export failed: {e}")
     for p in written or []:
         out.print(str(p), markup=False)
 
@@ -275,9 +260,9 @@ def check(
     from .analysis import summarise
     from .simulate import simulate
 
-    sc, text = _load(file)
+    sc, text = load_or_exit(file)
     n = replications or sc.replications
-    engine = _engine(db) if db else None
+    engine = open_db(db)
     per_run = []
     with _progress(n, as_json) as bar:
         task = bar.add_task(sc.name, total=n)
@@ -293,7 +278,7 @@ def check(
     try:
         results = check_requirements(result, require)
     except ValueError as e:
-        _fail(f"--require: {e}")
+        fail(f"--require: {e}")
     failed = [r for r in results if not r.ok]
     if as_json:
         print(json.dumps({"scenario": sc.name, "ok": not failed,
@@ -318,8 +303,8 @@ def verify(
     from .store import verify as verify_store
 
     if "://" not in db and not Path(db).exists():
-        _fail(f"database {db} does not exist")
-    problems = verify_store(_engine(db), run)
+        fail(f"database {db} does not exist")
+    problems = verify_store(open_db(db), run)
     if not problems:
         out.print(f"{db}: every run's record chain and release signature verified", markup=False)
         return
@@ -338,7 +323,7 @@ def dashboard(
     """Serve the Streamlit dashboard on the given database (Ctrl-C stops it)."""
     app_file = Path(__file__).resolve().parents[2] / "dashboards" / "Overview.py"
     if not app_file.exists():
-        _fail(f"dashboard files not found at {app_file}")
+        fail(f"dashboard files not found at {app_file}")
     env = dict(os.environ, CELLTX_DB=db)
     out.print(f"dashboard on http://{host}:{port}  (database {db}; Ctrl-C to stop)", markup=False)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
@@ -356,15 +341,9 @@ def version() -> None:
     out.print(__version__)
 
 
-def _register_optional() -> None:
-    try:
-        from .cli_experiments import register
-    except ImportError:
-        return
-    register(app)
+from .cli_experiments import register as _register_experiments  # noqa: E402  (needs `app` above)
 
-
-_register_optional()
+_register_experiments(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point convenience

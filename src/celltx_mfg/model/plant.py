@@ -214,12 +214,16 @@ class SlotBook:
 
     def serve_waitlist(self) -> None:
         keep = []
+        full: set[tuple[int, int, int]] = set()  # (chairs, suite plan, days) that found nothing this round
         while self._waitlist:
             item = heapq.heappop(self._waitlist)
             ev = item[2]
             if ev.triggered:
                 continue
-            if not self._try(ev, item[3], item[4], item[5]):
+            # a failed search books nothing, so the same search for the next patient fails too: skip it
+            key = (id(item[3]), id(item[4]), item[5])
+            if key in full or not self._try(ev, item[3], item[4], item[5]):
+                full.add(key)
                 keep.append(item)
         for item in keep:
             heapq.heappush(self._waitlist, item)

@@ -1,0 +1,416 @@
+"""`celltx sweep | compare | plan`: the experiment commands, registered on the main app by ``register``.
+
+Thin: options are parsed and checked here, the work is :mod:`celltx_mfg.experiments`. Exit codes follow
+the main CLI: 0 done; 1 ``plan`` found no lever value meeting the requirements; 2 bad input (file,
+option, database) with a message and no traceback; 130 interrupted (finished runs stay stored).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli_common import err, fail, load_or_exit, open_db
+
+DEFAULT_DB = "celltx.db"  # = store.DEFAULT_DB (a test keeps them equal; importing store here is slow)
+DEFAULT_KPIS = (
+    "patients_infused",
+    "patients_lost",
+    "vein_to_vein_days.mean",
+    "vein_to_vein_days.p90",
+    "wait_for_slot_days.mean",
+    "utilisation.suite",
+    "cost_per_infused_patient",
+)
+VARY_FORM = "LEVER=V1,V2,... (e.g. suites=4,6,8 or demand.per_year=300,450,600)"
+PRECISION_FORM = "KPI=HALFWIDTH (e.g. vein_to_vein_days.mean=0.5)"
+REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
+_VARY = re.compile(r"^\s*(?P<lever>[A-Za-z_*][\w.*\-]*)\s*=\s*(?P<values>.*\S)\s*$")
+_REQUIRE = re.compile(
+    r"^\s*[A-Za-z_][\w.\-]*?\s*(?:<=|>=|==|!=|<|>)\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$"
+)
+
+
+
+def _out() -> Console:
+    """stdout console; tables piped to a file or a pager keep their columns instead of 80-char folds."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 220)
+
+FILE_HELP = "scenario YAML file"
+DB_HELP = "database: a SQLite file path or a SQLAlchemy URL such as postgresql+psycopg://user:pw@host/db"
+JOBS_HELP = "worker processes (local) or concurrent Ray tasks; results do not depend on it"
+BACKEND_HELP = "local: a process pool on this machine; ray: Ray tasks (local Ray, or --ray-address)"
+RAY_HELP = "Ray cluster to use: 'auto' on a cluster node, or ray://head:10001"
+JSON_HELP = "print one JSON object on stdout, no table and no progress bar"
+KPI_HELP = "KPI path to show in the table (repeat; default a standard set); --json has them all"
+
+
+
+
+
+
+
+
+
+
+
+def parse_vary(options: list[str]) -> dict[str, list[str]]:
+    """``--vary suites=4,6,8`` (repeatable) -> {lever: [values]}; a malformed option exits 2."""
+    vary: dict[str, list[str]] = {}
+    for opt in options:
+        m = _VARY.match(opt)
+        values = [v.strip() for v in m["values"].split(",")] if m else []
+        if m is None or not all(values):
+            raise typer.BadParameter(f"{opt!r}: expected {VARY_FORM}", param_hint="'--vary'")
+        if m["lever"] in vary:
+            raise typer.BadParameter(f"lever {m['lever']!r} is given twice", param_hint="'--vary'")
+        vary[m["lever"]] = values
+    return vary
+
+
+def parse_precision(options: list[str]) -> dict[str, float]:
+    """``--precision vein_to_vein_days.mean=0.5`` -> {KPI path: target 95% half-width}."""
+    targets: dict[str, float] = {}
+    for opt in options:
+        path, sep, value = opt.partition("=")
+        try:
+            target = float(value)
+        except ValueError:
+            target = math.nan
+        if not sep or not path.strip() or not (math.isfinite(target) and target > 0):
+            raise typer.BadParameter(f"{opt!r}: expected {PRECISION_FORM} with a half-width > 0",
+                                     param_hint="'--precision'")
+        targets[path.strip()] = target
+    return targets
+
+
+def _check_requirements(options: list[str]) -> list[str]:
+    for req in options:
+        if not _REQUIRE.match(req):
+            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'")
+    return options
+
+
+@contextmanager
+def _progress(quiet: bool, description: str) -> Iterator[Optional[Callable[[int, int], None]]]:
+    """A progress bar on stderr (replications done / planned, time left); nothing with --json."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("replications"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err, transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextmanager
+def _handled(as_json: bool) -> Iterator[None]:
+    """Bad input becomes a message and exit 2; Ctrl-C says what was kept and exits 130."""
+    from .config import ScenarioError
+    from .experiments import ExperimentError, ExperimentInterrupted
+
+    try:
+        yield
+    except ScenarioError as e:
+        fail(e.render())
+    except ExperimentError as e:
+        fail(str(e))
+    except ExperimentInterrupted as e:
+        ids = e.stored_run_ids
+        kept = f"; stored run ids {ids[0]}..{ids[-1]}" if ids else ""
+        fail(f"{e}{kept}", 130)
+    except Exception as e:
+        from .store import StoreError
+
+        if isinstance(e, StoreError):
+            fail(f"database: {e}")
+        raise
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _mean_ci(mean: Any, hw: Any) -> str:
+    return _fmt(mean) if hw is None or (isinstance(hw, float) and math.isnan(hw)) else f"{_fmt(mean)} ± {_fmt(hw)}"
+
+
+def _print_json(obj: Any) -> None:
+    from .experiments import jsonable
+
+    sys.stdout.write(json.dumps(jsonable(obj), allow_nan=False) + "\n")
+
+
+def _stored_note(ids: list[Any], db: Optional[str]) -> None:
+    if ids:
+        err.print(f"stored {len(ids)} run(s) in {db} (run ids {ids[0]}..{ids[-1]})", markup=False)
+
+
+# -------------------------------------------------------------------------------------------- sweep
+def sweep(
+    files: list[Path] = typer.Argument(..., help="scenario YAML file(s); several files without --vary "
+                                       "sweep over the what-ifs"),
+    vary: list[str] = typer.Option([], "--vary", help=f"lever values to sweep, {VARY_FORM}; repeat for a grid"),
+    replications: int = typer.Option(30, "--replications", "-r", min=1, help="replications per cell "
+                                     "(with --precision: the first batch)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    no_store: bool = typer.Option(False, "--no-store", help="do not store the runs"),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    precision: list[str] = typer.Option([], "--precision", help=f"add replications until the 95% "
+                                        f"half-width is this small, {PRECISION_FORM}; repeatable"),
+    max_replications: int = typer.Option(200, "--max-replications", min=2, help="cap with --precision"),
+    kpi: list[str] = typer.Option([], "--kpi", help=KPI_HELP),
+) -> None:
+    """Sweep levers over a grid, or over what-if files, with N replications per cell.
+
+    Every cell runs the same replication seeds (common random numbers), so differences between cells
+    are lever effects; each KPI gets its mean and 95% half-width per cell."""
+    from . import experiments as ex
+
+    levers = parse_vary(vary)
+    targets = parse_precision(precision)
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+    loaded = [(f, *load_or_exit(f)) for f in files]
+    with _handled(as_json):
+        cells = []
+        for f, sc, text in loaded:
+            cells.extend(ex.grid(sc, text, levers, source=str(f), base_dir=f.parent))
+        engine = None if no_store else open_db(db)
+        with _progress(as_json, "sweep") as progress:
+            result = ex.sweep(cells, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
+                              progress=progress, ray_address=ray_address, precision=targets or None,
+                              max_replications=max_replications)
+    ids = [rid for runs in result.runs for rid, _ in runs if rid is not None]
+    if as_json:
+        _print_json({
+            "command": "sweep",
+            "levers": list(levers),
+            "db": None if no_store else db,
+            "precision": targets,
+            "cells": [
+                {
+                    "name": c.name,
+                    "levers": c.levers,
+                    "replications": s["replications"],
+                    "precision_met": met,
+                    "run_ids": [rid for rid, _ in runs],
+                    "kpis": {k: v for k, v in s.items() if k not in ("ci95", "replications")},
+                    "ci95": s["ci95"],
+                }
+                for c, s, met, runs in zip(result.cells, result.summaries, result.precision_met, result.runs)
+            ],
+        })
+        return
+    shown = list(dict.fromkeys([*(kpi or DEFAULT_KPIS), *targets]))
+    table = Table(title=f"sweep: {len(result.cells)} cell(s), mean ± 95% half-width")
+    if len(files) > 1 or not levers:
+        table.add_column("scenario")
+    for lever in levers:
+        table.add_column(lever, justify="right")
+    table.add_column("reps", justify="right")
+    for path in shown:
+        table.add_column(path, justify="right")
+    for cell, summary, met in zip(result.cells, result.summaries, result.precision_met):
+        row = [cell.name.split("[")[0]] if len(files) > 1 or not levers else []
+        row += [_fmt(cell.levers.get(lever)) for lever in levers]
+        row.append(str(summary["replications"]) + ("" if met in (None, True) else " (cap)"))
+        for path in shown:
+            row.append(_mean_ci(_get(summary, path), _get(summary.get("ci95", {}), path)))
+        table.add_row(*row)
+    _out().print(table)
+    if targets and not all(m for m in result.precision_met):
+        err.print("precision not reached in cells marked (cap): raise --max-replications", markup=False)
+    _stored_note(ids, db)
+
+
+def _get(d: Any, path: str) -> Any:
+    from .analysis import get_path
+
+    try:
+        v = get_path(d, path)
+    except ValueError:
+        return None
+    return None if isinstance(v, dict) else v
+
+
+# ------------------------------------------------------------------------------------------ compare
+def compare(
+    files: list[Path] = typer.Argument(..., help="reference scenario first, then what-ifs to compare with it"),
+    replications: int = typer.Option(30, "--replications", "-r", min=2, help="paired replications"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    no_store: bool = typer.Option(False, "--no-store", help="do not store the runs"),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    kpi: list[str] = typer.Option([], "--kpi", help=KPI_HELP),
+) -> None:
+    """Compare what-ifs with a reference scenario, replication by replication.
+
+    Pairs share their random numbers; each KPI gets the mean difference (what-if minus reference), its
+    95% t-interval, and "significant" when the interval excludes 0."""
+    from . import experiments as ex
+
+    if len(files) < 2:
+        raise typer.BadParameter("give a reference scenario and at least one what-if", param_hint="FILES")
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+    scenarios = [load_or_exit(f) for f in files]
+    with _handled(as_json):
+        engine = None if no_store else open_db(db)
+        with _progress(as_json, "compare") as progress:
+            result = ex.compare(scenarios, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
+                                progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
+    ids = [rid for runs in result.runs for rid, _ in runs if rid is not None]
+    if as_json:
+        _print_json({
+            "command": "compare",
+            "reference": result.names[0],
+            "scenarios": result.names[1:],
+            "replications": replications,
+            "seed": result.seed,
+            "db": None if no_store else db,
+            "differences": result.table,
+            "summaries": dict(zip(result.names, result.summaries)),
+            "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs)},
+        })
+        return
+    shown = list(kpi or DEFAULT_KPIS)
+    for name in result.names[1:]:
+        rows = result.table[(result.table["scenario"] == name) & (result.table["kpi"].isin(shown))]
+        table = Table(title=f"{name} - {result.names[0]} ({replications} paired replications, common random numbers)")
+        for col, just in (("KPI", "left"), (result.names[0], "right"), (name, "right"),
+                          ("difference", "right"), ("95% interval", "right"), ("significant", "center")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for path in shown:
+            match = rows[rows["kpi"] == path]
+            if match.empty:
+                continue
+            r = match.iloc[0].to_dict()
+            interval = "-" if r["ci_low"] is None or _nan(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            sig = r["significant"]
+            table.add_row(path, _fmt(r["mean_reference"]), _fmt(r["mean_scenario"]), _fmt(r["difference"]),
+                          interval, "-" if sig is None or _nan(sig) else ("YES" if sig else "no"))
+        _out().print(table)
+    _stored_note(ids, db)
+
+
+def _nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+# --------------------------------------------------------------------------------------------- plan
+def plan(
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    lever: str = typer.Option(..., "--lever", help="lever to size: suites, incubators, operators, qc_analysts, "
+                              "qa_reviewers, starts_per_day, or a dotted integer path"),
+    require: list[str] = typer.Option(..., "--require", help=f"requirement on the replication means, {REQUIRE_FORM}; "
+                                      "repeat for several"),
+    lo: int = typer.Option(1, "--min", help="smallest lever value to consider"),
+    hi: int = typer.Option(40, "--max", help="largest lever value to consider"),
+    replications: int = typer.Option(10, "--replications", "-r", min=1, help="replications per value tried"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Find the smallest lever value (e.g. suites) that meets every requirement.
+
+    Requirements are judged on the replication means; the search gallops up from --min, then bisects
+    (it assumes more capacity never hurts). Exit 1, with the evidence, when no value in range does."""
+    from . import experiments as ex
+
+    _check_requirements(require)
+    if lo > hi:
+        raise typer.BadParameter(f"--min ({lo}) must be <= --max ({hi})", param_hint="'--min'")
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+    sc, text = load_or_exit(file)
+    with _handled(as_json):
+        engine = open_db(db)
+        with _progress(as_json, f"plan {lever}") as progress:
+            result = ex.plan(sc, text, lever, require, lo=lo, hi=hi, replications=replications, jobs=jobs,
+                             backend=backend, engine=engine, progress=progress,  # type: ignore[arg-type]
+                             ray_address=ray_address, source=str(file), base_dir=file.parent)
+    if as_json:
+        _print_json({
+            "command": "plan",
+            "scenario": sc.name,
+            "lever": result.lever,
+            "path": result.path,
+            "requirements": result.requirements,
+            "min": lo,
+            "max": hi,
+            "replications": replications,
+            "value": result.value,
+            "met": result.value is not None,
+            "evidence": result.evidence,
+        })
+    else:
+        table = Table(title=f"plan {result.lever} ({result.path}) for {sc.name}: every value tried, "
+                            f"{replications} replications each (means ± 95% half-width)")
+        table.add_column(result.lever, justify="right")
+        table.add_column("result")
+        for req in result.requirements:
+            table.add_column(req, justify="right")
+        table.add_column("note")
+        for r in result.evidence.to_dict(orient="records"):
+            cells = [str(r["value"]), str(r["status"])]
+            for req in result.requirements:
+                if r.get(f"{req} ok") is None or _nan(r.get(f"{req} ok")):
+                    cells.append("-")
+                else:
+                    mark = "ok" if r[f"{req} ok"] else "FAIL"
+                    cells.append(f"{_mean_ci(r.get(req), r.get(f'{req} ci95'))} {mark}")
+            cells.append("" if _nan(r.get("note")) else str(r.get("note") or ""))
+            table.add_row(*cells)
+        _out().print(table)
+        if result.value is not None:
+            _out().print(f"smallest {result.lever} meeting every requirement: {result.value}", markup=False)
+        else:
+            err.print(f"no value of {result.lever} in [{lo}, {hi}] meets every requirement", markup=False)
+    if result.value is None:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sweep``, ``compare`` and ``plan`` to the main ``celltx`` app."""
+    app.command("sweep")(sweep)
+    app.command("compare")(compare)
+    app.command("plan")(plan)
