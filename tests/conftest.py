@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from celltx_mfg.config import Scenario, load_scenario, parse_text
+
+os.environ.setdefault("STREAMLIT_GLOBAL_LOG_LEVEL", "error")  # AppTest runs pages without a server: quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"

@@ -205,7 +205,7 @@ def kpis(
     """KPIs of stored runs, computed from the database by the same definitions as `run`."""
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
-    engine = open_db(db)
+    engine = open_db(db, readonly=True)
     ids = _runs_for(engine, run, scenario)
     result = stored_kpis(engine, ids)
     if as_json:
@@ -229,7 +229,7 @@ def export(
         fail(f"--format: {fmt!r} is not allowed; use csv or parquet")
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
-    engine = open_db(db)
+    engine = open_db(db, readonly=True)
     try:
         if batch:
             target = out_dir if out_dir.suffix == ".csv" else out_dir / f"{batch}.csv"
@@ -304,7 +304,7 @@ def verify(
 
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
-    problems = verify_store(open_db(db), run)
+    problems = verify_store(open_db(db, readonly=True), run)
     if not problems:
         out.print(f"{db}: every run's record chain and release signature verified", markup=False)
         return

@@ -27,13 +27,14 @@ def load_or_exit(path: Path) -> tuple[Any, str]:
         fail(e.render())
 
 
-def open_db(db: Optional[str]) -> Any:
-    """An open store, None when no database was asked for, or exit 2 naming the database."""
+def open_db(db: Optional[str], readonly: bool = False) -> Any:
+    """An open store, None when no database was asked for, or exit 2 naming the database. ``readonly``
+    for commands that only read (verify, kpis, export): they then work on read-only storage."""
     if db is None:
         return None
     from .store import StoreError, open_store
 
     try:
-        return open_store(db)
+        return open_store(db, readonly=readonly and "://" not in db)
     except StoreError as e:
         fail(f"database {db}: {e}")

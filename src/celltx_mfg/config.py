@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import hashlib
 import math
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ CONSEQUENCES = ("recollect", "discard", "oos")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class Shift(_Model):
@@ -61,7 +62,7 @@ class CalendarSpec(_Model):
 
 
 class StaffPool(_Model):
-    count: int = Field(ge=0, description="people on each shift")
+    count: int = Field(ge=0, le=1_000_000_000, description="people on each shift")
     calendar: str = Field(description="name of a calendar under `calendars`")
 
 
@@ -70,13 +71,13 @@ class Site(_Model):
 
     name: str = Field(min_length=1)
     share: float = Field(default=1.0, gt=0, description="relative share of referrals")
-    apheresis_per_day: int = Field(ge=1, description="apheresis chairs/sessions per working day")
+    apheresis_per_day: int = Field(ge=1, le=1_000_000_000, description="apheresis chairs/sessions per working day")
     apheresis_duration: Distribution = Field(
         default_factory=lambda: fixed(0.25), description="collection session length (days)"
     )
     inbound_transit: Distribution = Field(description="apheresis end -> receipt at the plant (days)")
     outbound_transit: Distribution = Field(description="release -> product at the site (days)")
-    infusion_slots_per_day: int = Field(ge=1)
+    infusion_slots_per_day: int = Field(ge=1, le=1_000_000_000)
     lymphodepletion: Distribution = Field(
         default_factory=lambda: fixed(4.0), description="lymphodepletion lead before infusion (days)"
     )
@@ -84,7 +85,7 @@ class Site(_Model):
 
 
 class Demand(_Model):
-    per_year: float = Field(default=0, ge=0, description="Poisson referral rate")
+    per_year: float = Field(default=0, ge=0, le=1_000_000, description="Poisson referral rate")
     monthly_ramp: list[float] | None = Field(
         default=None,
         description="multipliers of per_year for months 1, 2, ...; the last value holds afterwards",
@@ -107,8 +108,8 @@ class Demand(_Model):
         if v is not None:
             if not v:
                 raise ValueError("monthly_ramp must list at least one multiplier")
-            if any((not math.isfinite(x)) or x < 0 for x in v):
-                raise ValueError("monthly_ramp multipliers must be finite and >= 0")
+            if any((not math.isfinite(x)) or x < 0 or x > 1000 for x in v):
+                raise ValueError("monthly_ramp multipliers must be between 0 and 1000")
         return v
 
     @field_validator("product_mix", "urgency_mix")
@@ -129,30 +130,30 @@ class Booking(_Model):
         description="slot: wait for a reserved start, collect against it; "
         "collect_then_queue: collect at once, cryopreserve at site, queue at the plant",
     )
-    starts_per_day: int = Field(default=1, ge=0, description="manufacturing starts offered per working day")
+    starts_per_day: int = Field(default=1, ge=0, le=1_000_000_000, description="manufacturing starts offered per working day")
     start_calendar: str = Field(default="plant_days", description="calendar whose days offer starts")
-    horizon_days: float = Field(default=56, gt=0, description="how far ahead a slot may be booked")
+    horizon_days: float = Field(default=56, gt=0, le=3650, description="how far ahead a slot may be booked")
     priority: Literal["fifo", "urgency"] = "fifo"
     urgency_order: list[str] = Field(default_factory=lambda: ["urgent", "standard"])
     apheresis_lead_days: float = Field(
-        default=1.0, ge=0, description="planned days from apheresis to the booked start"
+        default=1.0, ge=0, le=365, description="planned days from apheresis to the booked start"
     )
-    max_attempts: int = Field(default=2, ge=1, description="manufacturing attempts per patient")
+    max_attempts: int = Field(default=2, ge=1, le=100, description="manufacturing attempts per patient")
     planned_suite_days: float | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=3650,
         description="days a suite is reserved per booked start (default: the process's mean suite "
         "occupancy plus clearance, plus one day of slack, rounded up)",
     )
 
 
 class Resources(_Model):
-    suites: int = Field(ge=0, description="grade B cleanroom suites, each with one grade A BSC")
+    suites: int = Field(ge=0, le=100_000, description="grade B cleanroom suites, each with one grade A BSC")
     dedicated_suites: int = Field(
-        default=0, ge=0, description="suites reserved for infectious-marker-positive donors"
+        default=0, ge=0, le=100_000, description="suites reserved for infectious-marker-positive donors"
     )
-    incubators: int = Field(default=0, ge=0)
-    closed_devices: int = Field(default=0, ge=0, description="closed automated systems (e.g. Prodigy)")
-    freezers: int = Field(default=0, ge=0, description="controlled-rate freezers")
+    incubators: int = Field(default=0, ge=0, le=100_000)
+    closed_devices: int = Field(default=0, ge=0, le=100_000, description="closed automated systems (e.g. Prodigy)")
+    freezers: int = Field(default=0, ge=0, le=100_000, description="controlled-rate freezers")
     operators: StaffPool
     qc_analysts: StaffPool
     qa_reviewers: StaffPool
@@ -398,8 +399,13 @@ _CROSS = "cross-reference problems:\n"
 MAX_FILE_BYTES = 5_000_000
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
 def _short(v: Any) -> str:
-    s = repr(v)
+    s = _REPR.repr(v)  # bounded: an alias bomb expands to 10**9 items under plain repr()
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -517,7 +523,10 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
     if size > MAX_FILE_BYTES:
         raise ScenarioError(src, [("", f"file is {size:,} bytes; a scenario may be at most {MAX_FILE_BYTES:,}", _MISSING)])
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # stat() says 0 for pipes and devices
+        if len(raw) > MAX_FILE_BYTES:
+            raise ScenarioError(src, [("", f"more than {MAX_FILE_BYTES:,} bytes, the most a scenario may be", _MISSING)])
         text = raw.decode("utf-8")
     except OSError as e:
         raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
@@ -542,7 +551,11 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
         chain = " -> ".join(str(x.name) for x in seen + [base_path])
         raise ScenarioError(src, [("base", f"circular base chain: {chain}", base_ref)])
     try:
-        base_text = base_path.read_text(encoding="utf-8")
+        with open(base_path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ScenarioError(src, [("base", f"{base_path} is more than {MAX_FILE_BYTES:,} bytes", base_ref)])
+        base_text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ScenarioError(src, [("base", f"cannot read base scenario {base_path}: {e}", base_ref)]) from None
     base = _yaml(base_text, str(base_path))
@@ -588,6 +601,8 @@ def _yaml(text: str, source: str) -> Any:
         raise ScenarioError(source, [("", f"not valid YAML: {where}{problem}", _MISSING)]) from None
     except RecursionError:
         raise ScenarioError(source, [("", "not valid YAML: nested too deeply", _MISSING)]) from None
+    except (ValueError, OverflowError) as e:  # PyYAML's constructors: 2027-02-30, a 5000-digit integer
+        raise ScenarioError(source, [("", f"not valid YAML: {e}", _MISSING)]) from None
 
 
 def parse_text(text: str, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:

@@ -19,7 +19,7 @@ _BUFFER = 256
 
 
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def mean(self) -> float:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -47,7 +47,7 @@ class Exponential(_Dist):
     dist: Literal["exponential"]
     mean_days: float = Field(gt=0, alias="mean")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     def mean(self) -> float:
         return self.mean_days
@@ -104,7 +104,7 @@ class Normal(_Dist):
     mean_days: float = Field(ge=0, alias="mean")
     sd: float = Field(ge=0)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     def mean(self) -> float:
         # Mean of the normal truncated at zero (equals mean_days when the cut is negligible).
@@ -133,7 +133,15 @@ class LogNormal(_Dist):
     mean_days: float = Field(gt=0, alias="mean")
     sd: float = Field(ge=0)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _representable(self) -> "LogNormal":
+        try:
+            math.log(1 + (self.sd / self.mean_days) ** 2)
+        except OverflowError:
+            raise ValueError(f"sd/mean = {self.sd / self.mean_days:.3g} is too large for a lognormal") from None
+        return self
 
     def mean(self) -> float:
         return self.mean_days

@@ -20,6 +20,7 @@ import math
 import multiprocessing as mp
 import re
 import signal
+import sys
 import threading
 import types
 import typing
@@ -367,6 +368,23 @@ class _Inline:
         self._queue.clear()
 
 
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Workers need only this package; without this, multiprocessing re-runs the parent's main script in
+    every worker (a notebook, a Streamlit page or a script with no ``__main__`` guard would run again)."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        if "__file__" in saved:
+            delattr(main, "__file__")
+        if "__spec__" in saved:
+            main.__spec__ = None  # type: ignore[union-attr]  (multiprocessing reads it unguarded)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 class _LocalPool:
     """A process pool. Workers come from a forkserver that imported the model once (a spawn start
     would pay the import in every worker); 'fork' is avoided because the parent may hold threads
@@ -382,7 +400,8 @@ class _LocalPool:
         self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint)
 
     def submit(self, *args: Any) -> Future:
-        return self._pool.submit(_replicate, *args)
+        with _main_script_hidden():  # workers may be started here
+            return self._pool.submit(_replicate, *args)
 
     def wait(self, handles: set[Any]) -> list[Any]:
         done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)

@@ -28,8 +28,10 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import os
 import sqlite3
 import struct
+import time
 import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -398,6 +400,10 @@ def open_store(db: str = DEFAULT_DB, *, readonly: bool = False) -> Engine:
         where = file
         url = sa.make_url(f"sqlite:///file:{file}?mode=ro&uri=true") if readonly \
             else sa.URL.create("sqlite", database=file)
+    if readonly and file and not os.access(Path(file).parent, os.W_OK):
+        # read-only storage (an archive): SQLite cannot create the -shm file a WAL database needs there,
+        # and nobody can be writing, so read it as immutable
+        url = sa.make_url(f"sqlite:///file:{file}?mode=ro&immutable=1&uri=true")
     if file and not readonly:
         try:
             Path(file).parent.mkdir(parents=True, exist_ok=True)
@@ -431,7 +437,10 @@ def open_store(db: str = DEFAULT_DB, *, readonly: bool = False) -> Engine:
         raise
     except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError) as e:
         engine.dispose()
-        raise StoreError(f"cannot open store {where}: {_reason(e)}") from e
+        hint = ""
+        if file and not readonly and not os.access(Path(file).parent, os.W_OK):
+            hint = f" (directory {Path(file).parent} is not writable: SQLite keeps its -wal and -shm files there)"
+        raise StoreError(f"cannot open store {where}: {_reason(e)}{hint}") from e
     return engine
 
 
@@ -442,7 +451,16 @@ def _sqlite_settings(readonly: bool) -> Callable[[Any, Any], None]:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             if not readonly:
-                cur.execute("PRAGMA journal_mode=WAL")
+                # switching to WAL needs an exclusive lock and does not wait for the busy timeout
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        cur.execute("PRAGMA journal_mode=WAL")
+                        break
+                    except sqlite3.OperationalError as e:
+                        if "locked" not in str(e) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.02)
             cur.execute("PRAGMA synchronous=NORMAL")
         finally:
             cur.close()
@@ -715,6 +733,11 @@ def verify(engine: Engine, run_id: Optional[int] = None) -> list[Problem]:
                 return [Problem(run_id, "run", None, "missing", "no run with this id in the store")]
             for run in runs:
                 _verify_run(conn, run, problems)
+            if run_id is None and conn.dialect.name == "sqlite":  # ids are dense there: a gap is a removed run
+                ids = [int(r["id"]) for r in runs]
+                missing = sorted(set(range(1, max(ids, default=0) + 1)) - set(ids))
+                if missing:
+                    problems.append(Problem(None, "run", None, "removed", f"run(s) {missing} missing"))
             if run_id is None:
                 _verify_orphans(conn, problems)
     except (sa.exc.SQLAlchemyError, sqlite3.Error) as e:
