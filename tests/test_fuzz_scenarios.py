@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 import celltx_mfg.analysis  # noqa: F401 - imported once here, not in every forked child
 import celltx_mfg.simulate  # noqa: F401
+import celltx_mfg.store  # noqa: F401
 from celltx_mfg.cli import app
 from celltx_mfg.config import MAX_FILE_BYTES, ScenarioError, load_scenario
 
