@@ -31,6 +31,8 @@ class Calendar:
         default_factory=dict, compare=False, hash=False, repr=False
     )
 
+    _last: list[float] = field(default_factory=lambda: [0.0, -1.0], compare=False, hash=False, repr=False)
+
     @cached_property
     def longest(self) -> float:
         """Longest shift, in days."""
@@ -58,11 +60,15 @@ class Calendar:
         if self.always:
             return t
         need = duration if duration < self.longest else self.longest
+        ws, we = self._last  # most asks fall in the shift found last time
+        if ws <= t and t + need <= we + 1e-12 and t < we + 1e-12:
+            return t
         day = math.floor(t) - 1  # a night shift from yesterday may still be running
         for d in range(day, day + 15):
             for ws, we in self._windows_of_day(d):
                 start = ws if ws > t else t
                 if start + need <= we + 1e-12 and start < we + 1e-12:
+                    self._last[0], self._last[1] = ws, we
                     return start
         raise ValueError("calendar has no working window in two weeks")  # validated away in config
 

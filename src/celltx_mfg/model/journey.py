@@ -515,6 +515,10 @@ class Model:
         return "lost"
 
     # ------------------------------------------------------------------ QC and release
+    def _analyst_done(self, b: Batch, test: str, sampled: float, start: float) -> None:
+        self.analysts.release(1)
+        self.staff_use(self.analysts, 1, b, f"qc:{test}", sampled, start)
+
     def qc_test(self, p: Patient, b: Batch, t: Any) -> Proc:
         env = self.env
         sampled = env.now
@@ -522,11 +526,13 @@ class Model:
         dur = self.stream(f"qc:{t.name}", t.duration).sample()
         yield from self.analysts.acquire(1, hands)
         start = env.now
-        yield env.timeout(hands)
-        self.analysts.release(1)
-        self.staff_use(self.analysts, 1, b, f"qc:{t.name}", sampled, start)
         if dur > hands:
-            yield env.timeout(dur - hands)
+            # the analyst goes back to the pool when set-up ends; the assay runs on without waking us
+            env.timeout(hands).callbacks.append(lambda _: self._analyst_done(b, t.name, sampled, start))
+            yield env.timeout(dur)
+        else:
+            yield env.timeout(hands)
+            self._analyst_done(b, t.name, sampled, start)
         failed = self.stream(f"qcfail:{t.name}").sample() < t.failure_probability
         required = t.name in self.required_tests
         self.rec.qc_results.append(
