@@ -351,10 +351,7 @@ class Model:
         yield env.timeout(transit)
         b.received = env.now
         if not fresh and rules.shipper_excursion(sc.gmp, transit):
-            self.deviation(b, p, "shipper_hold_exceeded", "critical", "inbound_transit",
-                           f"inbound transit {transit:.2f} d > shipper hold {sc.gmp.shipper_hold_days:g} d")
-            b.status, b.failure_reason = "failed", "inbound_excursion"
-            return "recollect"
+            return self.excursion(p, b, "inbound", transit)
         # -- receipt, quarantine, acceptance; wait for the booked start day
         if not self.enter(p, "waiting_for_suite"):
             b.status = "abandoned"
@@ -369,6 +366,14 @@ class Model:
         if outcome != "released":
             return outcome
         return (yield from self.deliver(p, b))
+
+    def excursion(self, p: Patient, b: Batch, leg: str, transit: float) -> str:
+        """A shipment longer than the shipper's validated hold left its temperature range: the material
+        is lost and the patient needs a new collection (rule 12)."""
+        self.deviation(b, p, "shipper_hold_exceeded", "critical", f"{leg}_transit",
+                       f"{leg} transit {transit:.2f} d > shipper hold {self.sc.gmp.shipper_hold_days:g} d")
+        b.status, b.failure_reason = "failed", f"{leg}_excursion"
+        return "recollect"
 
     # ------------------------------------------------------------------ manufacturing
     def pool_for(self, p: Patient, kind: str) -> UnitPool:
@@ -645,10 +650,7 @@ class Model:
         yield env.timeout(transit)
         b.delivered = env.now
         if excursion:
-            self.deviation(b, p, "shipper_hold_exceeded", "critical", "outbound_transit",
-                           f"transit {transit:.2f} d > shipper hold {sc.gmp.shipper_hold_days:g} d")
-            b.status, b.failure_reason = "failed", "outbound_excursion"
-            return "recollect"
+            return self.excursion(p, b, "outbound", transit)
         if not self.enter(p, "awaiting_infusion"):
             b.status = "abandoned"
             return "lost"
