@@ -120,22 +120,33 @@ def frames(db: str, run_ids: tuple[int, ...], version: tuple) -> dict[str, pd.Da
     return store.load_frames(read_engine(db), list(run_ids))
 
 
+@st.cache_data(show_spinner="Loading runs from the database…", max_entries=12)
+def kpi_frames(db: str, run_ids: tuple[int, ...], version: tuple) -> dict[str, pd.DataFrame]:
+    """Only the tables ``analysis.kpis`` reads: comparing many runs need not load every step and test."""
+    return store.load_frames(read_engine(db), list(run_ids), tables=analysis.KPI_TABLES)
+
+
 @st.cache_data(show_spinner=False, max_entries=2048)
 def run_meta(db: str, run_id: int, version: tuple) -> dict[str, Any]:
     return store.load_run_meta(read_engine(db), int(run_id))
 
 
+# analysis functions that read only the KPI tables: computed without loading steps, tests and shipments
+_KPI_TABLES_ENOUGH = {"turnaround_breakdown"}
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def analysed(fn: str, db: str, run_ids: tuple[int, ...], version: tuple, **kwargs: Any) -> Any:
     """``analysis.<fn>(frames of run_ids, **kwargs)``, cached per database state, runs and arguments."""
-    return getattr(analysis, fn)(frames(db, run_ids, version), **kwargs)
+    load = kpi_frames if fn in _KPI_TABLES_ENOUGH else frames
+    return getattr(analysis, fn)(load(db, run_ids, version), **kwargs)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def kpi_summary(db: str, run_ids: tuple[int, ...], version: tuple, target_days: float) -> dict[str, Any]:
     """KPIs of the runs: ``analysis.kpis`` of one run, ``analysis.summarise`` of several (with ci95)."""
     meta = run_meta(db, run_ids[0], version)
-    f = frames(db, run_ids, version)
+    f = kpi_frames(db, run_ids, version)
     costs = {rid: run_meta(db, rid, version).get("costs") for rid in run_ids}
     per_run = analysis.kpis_by_run(f, meta["horizon"], meta["warmup"], costs, target_days=target_days)
     values = list(per_run.values())

@@ -41,6 +41,9 @@ FAILED_STATUSES = ("failed", "expired")
 OPEN_BATCH_STATUSES = ("in_progress", "released")
 # KPI groups whose members are counts: a member missing from one run means zero there, not "unknown".
 COUNT_MAPS = frozenset({"deviations", "lost_by_stage", "failed_by_reason"})
+# the record tables `kpis` reads: a reader that only needs KPIs loads just these
+KPI_TABLES = ("patients", "batches", "resource_uses", "resources", "deviations")
+
 WIP_STAGES = (
     "waiting_for_slot",
     "apheresis_and_transit",

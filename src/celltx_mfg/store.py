@@ -876,18 +876,26 @@ def _read(engine: Engine, sql: Any, params: Optional[Mapping[str, Any]] = None) 
         raise StoreError(f"cannot read {_where(engine)}: {_reason(e)}") from e
 
 
-def load_frames(engine: Engine, run_ids: Sequence[int]) -> dict[str, pd.DataFrame]:
+def load_frames(
+    engine: Engine, run_ids: Sequence[int], tables: Optional[Iterable[str]] = None
+) -> dict[str, pd.DataFrame]:
     """The runs' records as frames keyed like ``RunRecords.frames()`` (patients, batches, steps, ...).
 
     Columns are ``run_id`` then the record's fields; booleans come back as bool and missing times as
     None/NaN, built the same way as ``RunRecords.frames()`` so both give the same KPIs. Corrections are
-    not applied: these are the records as first entered.
+    not applied: these are the records as first entered. ``tables`` limits the read to those frames
+    (e.g. ``analysis.KPI_TABLES``): a comparison of many runs need not read every step and test.
     """
     ids = [int(i) for i in run_ids]
+    wanted = None if tables is None else set(tables)
+    if wanted is not None and not wanted <= {s.attr for s in _SPECS}:
+        raise StoreError(f"unknown tables {sorted(wanted - {s.attr for s in _SPECS})}")
     out: dict[str, pd.DataFrame] = {}
     try:
         with engine.connect() as conn:
             for spec in _SPECS:
+                if wanted is not None and spec.attr not in wanted:
+                    continue
                 names = [f for f in spec.fields if f != "record_digest"]
                 rows: list[Sequence[Any]] = []
                 for rid in sorted(set(ids)):
