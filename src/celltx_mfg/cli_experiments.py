@@ -119,11 +119,12 @@ def _progress(quiet: bool, description: str) -> Iterator[Optional[Callable[[int,
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("replications"),
         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err, transient=True,
+        auto_refresh=False,  # no refresh thread: a single-threaded parent can fork its workers at once
     ) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total, refresh=True)
 
         yield update
 

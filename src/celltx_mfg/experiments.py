@@ -386,13 +386,16 @@ def _main_script_hidden() -> Iterator[None]:
 
 
 class _LocalPool:
-    """A process pool. Workers come from a forkserver that imported the model once (a spawn start
-    would pay the import in every worker); 'fork' is avoided because the parent may hold threads
-    (SQLAlchemy, Ray) that a forked child would inherit half-locked."""
+    """A process pool. A single-threaded parent forks its workers, which start at once with the model
+    already imported; a parent with threads (Ray, a UI) would hand a forked child locks held by threads
+    that do not exist there, so it uses a forkserver that imported the model once (spawn, which pays
+    the import in every worker, only where neither exists)."""
 
     def __init__(self, jobs: int) -> None:
         methods = mp.get_all_start_methods()
-        if "forkserver" in methods:
+        if "fork" in methods and threading.active_count() == 1:
+            ctx = mp.get_context("fork")
+        elif "forkserver" in methods:
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload(["celltx_mfg.experiments"])
         else:
