@@ -361,17 +361,7 @@ def tile(col: Any, label: str, kpis: Mapping[str, Any], path: str, digits: int =
                help=help, border=True)
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if k in ("ci95", "replications"):
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            rows.extend(flatten(v, key + "."))
-        else:
-            rows.append((key, v))
-    return rows
+flatten = analysis.kpi_items  # one walk of the KPI tree, shared with the CLI
 
 
 COMPARE_PATHS = (

@@ -459,6 +459,21 @@ def _unknown_path(kpis: Mapping[str, Any], path: str, why: str) -> ValueError:
     return ValueError(f"{why} KPI path {path!r}; {hint}")
 
 
+def kpi_items(kpis: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Every KPI leaf as (dotted path, value), in the dict's order, for tables; the ``ci95`` mirror and
+    the replication count are not KPIs and are left out."""
+    rows: list[tuple[str, Any]] = []
+    for k, v in kpis.items():
+        if k in ("ci95", "replications"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            rows.extend(kpi_items(v, key + "."))
+        else:
+            rows.append((key, v))
+    return rows
+
+
 def get_path(kpis: Mapping[str, Any], path: str) -> Any:
     """The KPI at a dotted path (``"vein_to_vein_days.p90"``); a member missing from a count group
     (``"lost_by_stage.apheresis"`` with nobody lost there) is 0, anything else unknown is a ValueError."""

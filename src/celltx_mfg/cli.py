@@ -57,22 +57,9 @@ def _fmt(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if k == "ci95":
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            rows.extend(_flatten(v, key + "."))
-        else:
-            rows.append((key, v))
-    return rows
-
-
 def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
     """One row per KPI (dotted name), with the 95% half-width when there are replications."""
-    from .analysis import get_path
+    from .analysis import get_path, kpi_items
 
     ci = kpis.get("ci95") or {}
     table = Table(title=title, show_lines=False)
@@ -80,7 +67,7 @@ def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     if ci:
         table.add_column("± 95%", justify="right")
-    for key, value in _flatten(kpis):
+    for key, value in kpi_items(kpis):
         if ci:
             try:
                 half = get_path(ci, key)
