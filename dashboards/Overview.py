@@ -17,12 +17,7 @@ import streamlit as st  # noqa: E402
 import _common as c  # noqa: E402
 from celltx_mfg import analysis  # noqa: E402
 
-c.page_setup("Overview")
-db, runs, version = c.require_runs()
-sel = c.sidebar_selection(runs, db, version)
-
-st.title("Overview")
-c.caption_selection(sel)
+db, runs, version, sel = c.run_page("Overview")
 
 target = st.columns([1, 3])[0].number_input(
     "On-time target: vein-to-vein days", min_value=1.0, max_value=365.0,

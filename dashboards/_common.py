@@ -319,6 +319,17 @@ def caption_selection(sel: Selection) -> None:
     )
 
 
+def run_page(title: str) -> tuple[str, pd.DataFrame, tuple, Selection]:
+    """The head of every page that shows one selection of runs: page config, the friendly stop when there
+    are no runs, the sidebar selector, the title and the caption naming what is shown."""
+    page_setup(title)
+    db, runs, version = require_runs()
+    sel = sidebar_selection(runs, db, version)
+    st.title(title)
+    caption_selection(sel)
+    return db, runs, version, sel
+
+
 # ----------------------------------------------------------------------------------------- formatting
 def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))

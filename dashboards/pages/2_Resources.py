@@ -14,12 +14,7 @@ import streamlit as st  # noqa: E402
 import _common as c  # noqa: E402
 from celltx_mfg import analysis  # noqa: E402
 
-c.page_setup("Resources")
-db, runs, version = c.require_runs()
-sel = c.sidebar_selection(runs, db, version)
-
-st.title("Resources")
-c.caption_selection(sel)
+db, runs, version, sel = c.run_page("Resources")
 
 k = c.kpi_summary(db, sel.run_ids, version, analysis.DEFAULT_TARGET_DAYS)
 ranking = c.analysed("bottleneck_ranking", db, sel.run_ids, version, horizon=sel.horizon, warmup=sel.warmup)

@@ -46,12 +46,7 @@ def _natural(unit: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", unit))
 
 
-c.page_setup("Batch Gantt")
-db, runs, version = c.require_runs()
-sel = c.sidebar_selection(runs, db, version)
-
-st.title("Batch Gantt")
-c.caption_selection(sel)
+db, runs, version, sel = c.run_page("Batch Gantt")
 
 top = st.columns([1, 2, 2])
 run_id = top[0].selectbox("Run", list(sel.run_ids), key="gantt_run")

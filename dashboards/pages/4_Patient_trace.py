@@ -23,12 +23,7 @@ def patients_of(db: str, run_ids: tuple[int, ...], version: tuple, run_id: int) 
     return p[p["run_id"] == run_id].drop(columns="run_id").reset_index(drop=True)
 
 
-c.page_setup("Patient trace")
-db, runs, version = c.require_runs()
-sel = c.sidebar_selection(runs, db, version)
-
-st.title("Patient trace")
-c.caption_selection(sel)
+db, runs, version, sel = c.run_page("Patient trace")
 
 top = st.columns([1, 1, 3])
 run_id = int(top[0].selectbox("Run", list(sel.run_ids), key="trace_run"))

@@ -15,12 +15,7 @@ from celltx_mfg import analysis  # noqa: E402
 
 SEVERITY_COLOURS = {"minor": "#ffbf00", "major": "#ff7f0e", "critical": "#d62728"}
 
-c.page_setup("Deviations & losses")
-db, runs, version = c.require_runs()
-sel = c.sidebar_selection(runs, db, version)
-
-st.title("Deviations & losses")
-c.caption_selection(sel)
+db, runs, version, sel = c.run_page("Deviations & losses")
 
 k = c.kpi_summary(db, sel.run_ids, version, analysis.DEFAULT_TARGET_DAYS)
 cols = st.columns(5)
