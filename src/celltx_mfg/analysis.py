@@ -26,7 +26,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -93,9 +93,9 @@ def _text(df: pd.DataFrame, col: str, missing: str = "unknown") -> pd.Series:
     return s.where(s.notna(), missing)
 
 
-def _stats(values: np.ndarray, which: Sequence[str]) -> dict[str, Optional[float]]:
+def _stats(values: np.ndarray, which: Sequence[str]) -> dict[str, float | None]:
     v = values[np.isfinite(values)]
-    out: dict[str, Optional[float]] = {}
+    out: dict[str, float | None] = {}
     for key in which:
         if v.size == 0:
             out[key] = None
@@ -137,7 +137,7 @@ def _split_runs(frames: Frames) -> list[tuple[Any, dict[str, pd.DataFrame]]]:
     ids = _run_ids(frames)
     if not ids:
         return [(None, {n: _table(frames, n) for n in _COLUMNS})]
-    grouped: dict[str, Optional[dict[Any, pd.DataFrame]]] = {}
+    grouped: dict[str, dict[Any, pd.DataFrame] | None] = {}
     for name in _COLUMNS:
         df = _table(frames, name)
         grouped[name] = dict(tuple(df.groupby("run_id", sort=False))) if "run_id" in df.columns else None
@@ -181,7 +181,7 @@ def kpis(
     frames: Frames,
     horizon: float,
     warmup: float,
-    costs: Optional[Mapping[str, float]] = None,
+    costs: Mapping[str, float] | None = None,
     target_days: float = DEFAULT_TARGET_DAYS,
 ) -> dict[str, Any]:
     """Every KPI of ONE run, as a JSON-serialisable dict (plain floats, ints, None, nested dicts).
@@ -330,7 +330,7 @@ def kpis_by_run(
     frames: Frames,
     horizon: float,
     warmup: float,
-    costs_by_run: Optional[Mapping[Any, Mapping[str, float]]] = None,
+    costs_by_run: Mapping[Any, Mapping[str, float]] | None = None,
     target_days: float = DEFAULT_TARGET_DAYS,
 ) -> dict[Any, dict[str, Any]]:
     """:func:`kpis` of every run in frames that hold several (``run_id`` column); key None without one."""
@@ -435,7 +435,7 @@ class RequirementResult(NamedTuple):
     path: str
     op: str
     threshold: float
-    actual: Optional[float]  # None when the KPI had nothing to measure (then ok is False)
+    actual: float | None  # None when the KPI had nothing to measure (then ok is False)
     ok: bool
 
 
@@ -529,7 +529,7 @@ def _end_time(f: dict[str, pd.DataFrame]) -> float:
     return float(allt.max()) if allt.size else 0.0
 
 
-def infusions_over_time(frames: Frames, freq_days: float = 7, horizon: Optional[float] = None) -> pd.DataFrame:
+def infusions_over_time(frames: Frames, freq_days: float = 7, horizon: float | None = None) -> pd.DataFrame:
     """Infusions per period [period_start, period_end) from day 0 to the horizon (default: the last
     recorded time), with the running total and the period's rate per year (infusions / freq * 365.25).
     One row per run and period."""
@@ -586,7 +586,7 @@ def _patient_end(p: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(inf), inf, np.where(np.isfinite(lost), lost, np.inf))
 
 
-def wip_over_time(frames: Frames, step_days: float = 1, horizon: Optional[float] = None) -> pd.DataFrame:
+def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = None) -> pd.DataFrame:
     """Patients in each stage at times 0, step, 2*step ... up to the horizon (default: last recorded time).
 
     A patient is in the system over [referred, infused or lost). Each batch passes

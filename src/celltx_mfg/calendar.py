@@ -24,7 +24,7 @@ class Calendar:
     always: bool = False
 
     @classmethod
-    def around_the_clock(cls) -> "Calendar":
+    def around_the_clock(cls) -> Calendar:
         return cls(shifts=((0.0, 24.0),), days=frozenset(range(7)), always=True)
 
     _cache: dict[int, tuple[tuple[float, float], ...]] = field(

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -92,8 +92,8 @@ def _progress(total: int, quiet: bool) -> Any:
 def run(
     file: Path = typer.Argument(..., help="scenario YAML file"),
     db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
-    seed: Optional[int] = typer.Option(None, "--seed", help="base seed (default: the scenario's seed)"),
-    replications: Optional[int] = typer.Option(
+    seed: int | None = typer.Option(None, "--seed", help="base seed (default: the scenario's seed)"),
+    replications: int | None = typer.Option(
         None, "--replications", "-r", min=1, help="replications (default: the scenario's)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
@@ -147,7 +147,7 @@ def validate(files: list[Path] = typer.Argument(..., help="scenario YAML file(s)
         raise typer.Exit(2)
 
 
-def _runs_for(engine: Any, run: Optional[list[int]], scenario: Optional[str]) -> list[int]:
+def _runs_for(engine: Any, run: list[int] | None, scenario: str | None) -> list[int]:
     from .store import list_runs
 
     runs = list_runs(engine)
@@ -185,8 +185,8 @@ def stored_kpis(engine: Any, run_ids: list[int]) -> dict[str, Any]:
 @app.command()
 def kpis(
     db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
-    run: Optional[list[int]] = typer.Option(None, "--run", help="run id (repeatable); default: the latest scenario's runs"),
-    scenario: Optional[str] = typer.Option(None, "--scenario", help="all runs of this scenario name"),
+    run: list[int] | None = typer.Option(None, "--run", help="run id (repeatable); default: the latest scenario's runs"),
+    scenario: str | None = typer.Option(None, "--scenario", help="all runs of this scenario name"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """KPIs of stored runs, computed from the database by the same definitions as `run`."""
@@ -206,8 +206,8 @@ def export(
     db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
     fmt: str = typer.Option("csv", "--format", help="csv or parquet"),
     out_dir: Path = typer.Option(Path("export"), "--out", help="output folder (or file for --batch)"),
-    run: Optional[list[int]] = typer.Option(None, "--run", help="run id(s); default all"),
-    batch: Optional[str] = typer.Option(None, "--batch", help="one chain-of-identity id: its whole record as one CSV"),
+    run: list[int] | None = typer.Option(None, "--run", help="run id(s); default all"),
+    batch: str | None = typer.Option(None, "--batch", help="one chain-of-identity id: its whole record as one CSV"),
 ) -> None:
     """Export tables (one file per table) or one batch's whole GMP record for a QA reviewer."""
     from . import store
@@ -237,14 +237,13 @@ def export(
 def check(
     file: Path = typer.Argument(..., help="scenario YAML file"),
     require: list[str] = typer.Option(..., "--require", help="e.g. 'vein_to_vein_days.p90<=28' (repeatable)"),
-    db: Optional[str] = typer.Option(None, "--db", help="also store the runs here"),
-    replications: Optional[int] = typer.Option(None, "--replications", "-r", min=1),
+    db: str | None = typer.Option(None, "--db", help="also store the runs here"),
+    replications: int | None = typer.Option(None, "--replications", "-r", min=1),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a scenario and fail (exit 1) when a KPI requirement is not met: a CI gate."""
-    from .analysis import check_requirements
+    from .analysis import check_requirements, summarise
     from .analysis import kpis as compute_kpis
-    from .analysis import summarise
     from .simulate import simulate
 
     sc, text = load_or_exit(file)
@@ -283,7 +282,7 @@ def check(
 @app.command()
 def verify(
     db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
-    run: Optional[int] = typer.Option(None, "--run", help="one run id; default all"),
+    run: int | None = typer.Option(None, "--run", help="one run id; default all"),
 ) -> None:
     """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
     inserted after the fact (exit 1)."""

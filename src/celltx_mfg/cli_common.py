@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ def load_or_exit(path: Path) -> tuple[Any, str]:
         fail(e.render())
 
 
-def open_db(db: Optional[str], readonly: bool = False) -> Any:
+def open_db(db: str | None, readonly: bool = False) -> Any:
     """An open store, None when no database was asked for, or exit 2 naming the database. ``readonly``
     for commands that only read (verify, kpis, export): they then work on read-only storage."""
     if db is None:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -102,7 +102,7 @@ def _check_requirements(options: list[str]) -> list[str]:
 
 
 @contextmanager
-def _progress(quiet: bool, description: str) -> Iterator[Optional[Callable[[int, int], None]]]:
+def _progress(quiet: bool, description: str) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on stderr (replications done / planned, time left); nothing with --json."""
     if quiet:
         yield None
@@ -173,7 +173,7 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(jsonable(obj), allow_nan=False) + "\n")
 
 
-def _stored_note(ids: list[Any], db: Optional[str]) -> None:
+def _stored_note(ids: list[Any], db: str | None) -> None:
     if ids:
         err.print(f"stored {len(ids)} run(s) in {db} (run ids {ids[0]}..{ids[-1]})", markup=False)
 
@@ -189,7 +189,7 @@ def sweep(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     no_store: bool = typer.Option(False, "--no-store", help="do not store the runs"),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     precision: list[str] = typer.Option([], "--precision", help=f"add replications until the 95% "
                                         f"half-width is this small, {PRECISION_FORM}; repeatable"),
@@ -277,7 +277,7 @@ def compare(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     no_store: bool = typer.Option(False, "--no-store", help="do not store the runs"),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     kpi: list[str] = typer.Option([], "--kpi", help=KPI_HELP),
 ) -> None:
@@ -346,9 +346,9 @@ def plan(
     hi: int = typer.Option(40, "--max", help="largest lever value to consider"),
     replications: int = typer.Option(10, "--replications", "-r", min=1, help="replications per value tried"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
-    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Find the smallest lever value (e.g. suites) that meets every requirement.

@@ -42,7 +42,7 @@ class CalendarSpec(_Model):
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _no_overlap(self) -> "CalendarSpec":
+    def _no_overlap(self) -> CalendarSpec:
         spans = sorted((s.start_hour, s.start_hour + s.hours) for s in self.shifts)
         for (a0, a1), (b0, _) in zip(spans, spans[1:]):
             if b0 < a1:
@@ -188,7 +188,7 @@ class Process(_Model):
     materials_cost: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
-    def _references(self) -> "Process":
+    def _references(self) -> Process:
         names = [s.name for s in self.steps]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -232,7 +232,7 @@ class QC(_Model):
     cost_per_batch: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
-    def _unique(self) -> "QC":
+    def _unique(self) -> QC:
         names = [t.name for t in self.tests]
         if len(set(names)) != len(names):
             raise ValueError(f"QC test names must be unique: {names}")
@@ -301,7 +301,7 @@ class Scenario(_Model):
     costs: Costs | None = None
 
     @model_validator(mode="after")
-    def _cross(self) -> "Scenario":
+    def _cross(self) -> Scenario:
         errs: list[str] = []
         if self.warmup_days >= self.horizon_days:
             errs.append(f"warmup_days ({self.warmup_days}) must be < horizon_days ({self.horizon_days})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,7 +62,7 @@ class Uniform(_Dist):
     high: float = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Uniform":
+    def _ordered(self) -> Uniform:
         if self.high < self.low:
             raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
         return self
@@ -83,7 +83,7 @@ class Triangular(_Dist):
     high: float = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Triangular":
+    def _ordered(self) -> Triangular:
         if not (self.low <= self.mode <= self.high):
             raise ValueError(f"need low <= mode <= high, got {self.low}, {self.mode}, {self.high}")
         return self
@@ -136,7 +136,7 @@ class LogNormal(_Dist):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _representable(self) -> "LogNormal":
+    def _representable(self) -> LogNormal:
         try:
             math.log(1 + (self.sd / self.mean_days) ** 2)
         except OverflowError:
@@ -180,7 +180,7 @@ class Empirical(_Dist):
 
 
 Distribution = Annotated[
-    Union[Fixed, Exponential, Uniform, Triangular, Normal, LogNormal, Gamma, Empirical],
+    Fixed | Exponential | Uniform | Triangular | Normal | LogNormal | Gamma | Empirical,
     Field(discriminator="dist"),
 ]
 

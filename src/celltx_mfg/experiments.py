@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import pandas as pd
@@ -136,7 +136,7 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _model_fields(tp: Any) -> Optional[dict[str, Any]]:
+def _model_fields(tp: Any) -> dict[str, Any] | None:
     tp = _unwrap(tp)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return {(f.alias or name): f.annotation for name, f in tp.model_fields.items()}
@@ -220,9 +220,9 @@ def _fmt_value(v: Any) -> str:
 def apply_overrides(
     scenario_text: str,
     overrides: Mapping[str, Any],
-    name_suffix: Optional[str] = None,
+    name_suffix: str | None = None,
     source: str = "<scenario>",
-    base_dir: Optional[Path] = None,
+    base_dir: Path | None = None,
 ) -> tuple[Scenario, str]:
     """A what-if made from a scenario's text by setting lever values, validated like a file.
 
@@ -250,9 +250,9 @@ def apply_overrides(
 
 
 # --------------------------------------------------------------------------------------- KPI paths
-def flatten_kpis(kpis: Mapping[str, Any], prefix: str = "") -> dict[str, Optional[float]]:
+def flatten_kpis(kpis: Mapping[str, Any], prefix: str = "") -> dict[str, float | None]:
     """Numeric KPI leaves by dotted path (``vein_to_vein_days.p90``); the summary extras are skipped."""
-    out: dict[str, Optional[float]] = {}
+    out: dict[str, float | None] = {}
     for k, v in kpis.items():
         if not prefix and k in ("ci95", "replications"):
             continue
@@ -286,10 +286,10 @@ def check_kpi_path(skeleton: Mapping[str, Any], path: str) -> None:
         raise ExperimentError(f"KPI path {path!r} is a group; pick one of: " + ", ".join(f"{path}.{k}" for k in value))
 
 
-def half_widths(per_run: Sequence[Mapping[str, Any]], paths: Sequence[str]) -> dict[str, Optional[float]]:
+def half_widths(per_run: Sequence[Mapping[str, Any]], paths: Sequence[str]) -> dict[str, float | None]:
     """95% t half-width of each KPI over the replications (None with fewer than two numbers): the
     same formula as :func:`analysis.summarise`, computed only for the KPIs a precision target names."""
-    out: dict[str, Optional[float]] = {}
+    out: dict[str, float | None] = {}
     for path in paths:
         xs = []
         for k in per_run:
@@ -328,7 +328,7 @@ def _unpack(packed: dict[str, Any]) -> RunRecords:
 
 def _replicate(
     scenario: Scenario, replication: int, seed: int, keep_records: bool
-) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One replication in a worker: KPIs always, the records only when the parent will store them
     (shipping a plant-year of records costs more than computing its KPIs)."""
     records = simulate(scenario, seed=seed, replication=replication)
@@ -358,7 +358,7 @@ class _Inline:
         self._queue[h] = ("done", _replicate(*self._queue[h]))
         return [h]
 
-    def result(self, h: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    def result(self, h: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         return self._queue.pop(h)[1]  # type: ignore[no-any-return]
 
     def cancel(self, h: Any) -> None:
@@ -410,7 +410,7 @@ class _LocalPool:
         done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)
         return list(done)
 
-    def result(self, h: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    def result(self, h: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         return h.result()  # type: ignore[no-any-return]
 
     def cancel(self, h: Any) -> None:
@@ -446,7 +446,7 @@ class _RayPool:
     ``auto`` on a cluster node, ``ray://head:10001`` from outside). On a cluster the package source is
     shipped with the tasks so every node runs the driver's model version."""
 
-    def __init__(self, jobs: int, address: Optional[str]) -> None:
+    def __init__(self, jobs: int, address: str | None) -> None:
         ray = import_ray()
         self._ray = ray
         self._started = False
@@ -478,7 +478,7 @@ class _RayPool:
         ready, _ = self._ray.wait(list(handles), num_returns=1)
         return list(ready)
 
-    def result(self, h: Any) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    def result(self, h: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
         return self._ray.get(h)  # type: ignore[no-any-return]
 
     def cancel(self, h: Any) -> None:
@@ -514,16 +514,16 @@ class _Group:
 
     scenario: Scenario
     text: str
-    label: Optional[str]
+    label: str | None
     seed: int
     n_min: int
     n_max: int
-    precision: Optional[dict[str, float]]
+    precision: dict[str, float] | None
     results: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
-    buffer: dict[int, tuple[dict[str, Any], Optional[dict[str, Any]]]] = field(default_factory=dict)
+    buffer: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=dict)
     submitted: int = 0
     done: bool = False
-    met: Optional[bool] = None
+    met: bool | None = None
 
     def planned(self) -> int:
         n = len(self.results)
@@ -541,8 +541,8 @@ class Session:
         jobs: int = 1,
         backend: Backend = "local",
         engine: Any = None,
-        progress: Optional[Progress] = None,
-        ray_address: Optional[str] = None,
+        progress: Progress | None = None,
+        ray_address: str | None = None,
     ) -> None:
         if jobs < 1:
             raise ExperimentError(f"jobs must be >= 1, got {jobs}")
@@ -558,7 +558,7 @@ class Session:
         self.stored_run_ids: list[Any] = []
         self._pool: Any = None
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -579,7 +579,7 @@ class Session:
             pool, self._pool = self._pool, None
             pool.close(abort=abort)
 
-    def _store(self, g: _Group, records: Optional[dict[str, Any]]) -> Any:
+    def _store(self, g: _Group, records: dict[str, Any] | None) -> Any:
         """Write one run (its own transaction); call inside ``_sigint_deferred``."""
         if self.engine is None or records is None:
             return None
@@ -603,7 +603,7 @@ class Session:
         in_flight: dict[Any, tuple[int, int]] = {}
         head = 0  # first group not finished: the only one whose runs may be written now
 
-        def next_task() -> Optional[tuple[int, int]]:
+        def next_task() -> tuple[int, int] | None:
             buffered = sum(len(g.buffer) for g in groups)
             for gi in range(head, len(groups)):
                 g = groups[gi]
@@ -688,9 +688,9 @@ def _group(
     scenario: Scenario,
     text: str,
     replications: int,
-    label: Optional[str],
-    seed: Optional[int],
-    precision: Optional[Mapping[str, float]],
+    label: str | None,
+    seed: int | None,
+    precision: Mapping[str, float] | None,
     max_replications: int,
 ) -> _Group:
     if replications < 1:
@@ -712,7 +712,7 @@ def _group(
     )
 
 
-def _check_precision(scenario: Scenario, precision: Optional[Mapping[str, float]]) -> None:
+def _check_precision(scenario: Scenario, precision: Mapping[str, float] | None) -> None:
     if not precision:
         return
     skeleton = kpi_skeleton(scenario)
@@ -729,12 +729,12 @@ def run_replications(
     jobs: int = 1,
     backend: Backend = "local",
     engine: Any = None,
-    label: Optional[str] = None,
-    progress: Optional[Progress] = None,
-    ray_address: Optional[str] = None,
-    precision: Optional[Mapping[str, float]] = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    precision: Mapping[str, float] | None = None,
     max_replications: int = DEFAULT_MAX_REPLICATIONS,
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> list[tuple[Any, dict[str, Any]]]:
     """Replications 0..N-1 of one scenario -> [(run_id or None, kpis)] in replication order.
 
@@ -769,7 +769,7 @@ def grid(
     text: str,
     vary: Mapping[str, Sequence[Any]],
     source: str = "<scenario>",
-    base_dir: Optional[Path] = None,
+    base_dir: Path | None = None,
 ) -> list[Cell]:
     """Every combination of the lever values (the first lever varies slowest)."""
     if not vary:
@@ -793,7 +793,7 @@ class SweepResult:
     cells: list[Cell]
     runs: list[list[tuple[Any, dict[str, Any]]]]
     summaries: list[dict[str, Any]]
-    precision_met: list[Optional[bool]]
+    precision_met: list[bool | None]
 
     @property
     def table(self) -> pd.DataFrame:
@@ -821,9 +821,9 @@ def sweep(
     jobs: int = 1,
     backend: Backend = "local",
     engine: Any = None,
-    progress: Optional[Progress] = None,
-    ray_address: Optional[str] = None,
-    precision: Optional[Mapping[str, float]] = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    precision: Mapping[str, float] | None = None,
     max_replications: int = DEFAULT_MAX_REPLICATIONS,
 ) -> SweepResult:
     """N replications of every cell on common random numbers (replication r shares its seed in every
@@ -866,7 +866,7 @@ class CompareResult:
     seed: int
 
 
-def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> dict[str, Any]:
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any]:
     """Mean of b - a over replications where both are numbers, with its 95% t-interval; significant
     when the interval excludes 0. Pairing on common random numbers cancels the noise both share."""
     d = np.array(
@@ -896,9 +896,9 @@ def compare(
     jobs: int = 1,
     backend: Backend = "local",
     engine: Any = None,
-    progress: Optional[Progress] = None,
-    ray_address: Optional[str] = None,
-    kpi_paths: Optional[Sequence[str]] = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    kpi_paths: Sequence[str] | None = None,
 ) -> CompareResult:
     """Every scenario after the first against the first, on common random numbers: all of them run
     replication r with the first scenario's seed for r, so the pairs differ only by the change made."""
@@ -953,7 +953,7 @@ class PlanResult:
     lever: str
     path: str
     requirements: list[str]
-    value: Optional[int]
+    value: int | None
     evidence: pd.DataFrame
     summaries: dict[int, dict[str, Any]]
     lo: int
@@ -971,10 +971,10 @@ def plan(
     jobs: int = 1,
     backend: Backend = "local",
     engine: Any = None,
-    progress: Optional[Progress] = None,
-    ray_address: Optional[str] = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
     source: str = "<scenario>",
-    base_dir: Optional[Path] = None,
+    base_dir: Path | None = None,
 ) -> PlanResult:
     """Smallest integer value of ``lever`` in [lo, hi] whose replication means meet every requirement.
 
@@ -1024,7 +1024,7 @@ def plan(
         tried[value] = row
         return ok
 
-    found: Optional[int] = None
+    found: int | None = None
     with Session(jobs, backend, engine, progress, ray_address) as session:
         try:
             if evaluate(session, lo):
@@ -1051,7 +1051,7 @@ def plan(
     return PlanResult(lever, path, list(requirements), found, _evidence(tried), summaries, lo, hi)
 
 
-def _ci_of(summary: Mapping[str, Any], path: str) -> Optional[float]:
+def _ci_of(summary: Mapping[str, Any], path: str) -> float | None:
     try:
         v = analysis.get_path(summary.get("ci95", {}), path)
     except ValueError:

@@ -8,7 +8,7 @@ also carry ``batch_no`` (``<coi>-A<attempt>``), so a record can never be attribu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 
 class PatientRecord(NamedTuple):
@@ -19,14 +19,14 @@ class PatientRecord(NamedTuple):
     urgency: str
     infectious: bool
     referred: float
-    slot_booked: Optional[float]  # when a start was first booked (slot mode)
-    first_apheresis: Optional[float]
-    infused: Optional[float]
+    slot_booked: float | None  # when a start was first booked (slot mode)
+    first_apheresis: float | None
+    infused: float | None
     status: str  # infused | lost | in_progress
-    lost_time: Optional[float]
-    lost_stage: Optional[str]  # where the patient was when lost
-    lost_reason: Optional[str]  # dropout | manufacturing_failure | max_attempts | ...
-    stage_at_horizon: Optional[str]
+    lost_time: float | None
+    lost_stage: str | None  # where the patient was when lost
+    lost_reason: str | None  # dropout | manufacturing_failure | max_attempts | ...
+    stage_at_horizon: str | None
     attempts: int
 
 
@@ -36,22 +36,22 @@ class BatchRecord(NamedTuple):
     attempt: int
     product: str
     status: str  # infused | released | failed | expired | in_progress | abandoned
-    failure_reason: Optional[str]
-    slot_day: Optional[float]  # booked manufacturing start
-    apheresis_start: Optional[float]
-    apheresis_end: Optional[float]
-    received: Optional[float]  # receipt at the plant (quarantine)
-    ready: Optional[float]  # material accepted and slot day reached: ready for the suite
-    mfg_start: Optional[float]  # first processing step starts
-    mfg_end: Optional[float]  # last processing step ends (cryopreserved)
-    qc_complete: Optional[float]  # last required result in
-    released: Optional[float]
-    release_mode: Optional[str]  # full | conditional | exceptional_oos
-    shipped: Optional[float]
-    delivered: Optional[float]
-    infused: Optional[float]
-    expiry: Optional[float]
-    suite: Optional[str]  # suite unit that ran its open steps
+    failure_reason: str | None
+    slot_day: float | None  # booked manufacturing start
+    apheresis_start: float | None
+    apheresis_end: float | None
+    received: float | None  # receipt at the plant (quarantine)
+    ready: float | None  # material accepted and slot day reached: ready for the suite
+    mfg_start: float | None  # first processing step starts
+    mfg_end: float | None  # last processing step ends (cryopreserved)
+    qc_complete: float | None  # last required result in
+    released: float | None
+    release_mode: str | None  # full | conditional | exceptional_oos
+    shipped: float | None
+    delivered: float | None
+    infused: float | None
+    expiry: float | None
+    suite: str | None  # suite unit that ran its open steps
     oos: bool
     recalled: bool
 
@@ -73,8 +73,8 @@ class StepEvent(NamedTuple):
 class ResourceUse(NamedTuple):
     kind: str  # suite | incubator | closed_device | freezer | operators | qc_analysts | qa_reviewers | apheresis | infusion | manufacturing_slot
     unit: str
-    coi: Optional[str]
-    batch_no: Optional[str]
+    coi: str | None
+    batch_no: str | None
     activity: str  # step name, "line_clearance", "qc:<test>", "qa_review"
     requested: float
     start: float
@@ -93,14 +93,14 @@ class QCResult(NamedTuple):
 
 
 class Deviation(NamedTuple):
-    coi: Optional[str]
-    batch_no: Optional[str]
+    coi: str | None
+    batch_no: str | None
     time: float
     kind: str
     severity: str  # minor | major | critical
     stage: str
     detail: str
-    closed: Optional[float]
+    closed: float | None
 
 
 class Shipment(NamedTuple):
@@ -165,7 +165,7 @@ class RunRecords:
         ("resources", ResourceSummary),
     )
 
-    def frames(self) -> dict[str, "object"]:
+    def frames(self) -> dict[str, object]:
         """pandas DataFrames, one per record type, with the record's fields as columns."""
         import pandas as pd
 

@@ -27,6 +27,7 @@ import gc
 import hashlib
 import importlib
 import importlib.metadata
+import itertools
 import json
 import os
 import sqlite3
@@ -36,10 +37,9 @@ import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-import itertools
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -71,9 +71,9 @@ class StoreError(Exception):
 class Problem(NamedTuple):
     """One integrity finding of ``verify``."""
 
-    run_id: Optional[int]
+    run_id: int | None
     table: str
-    row_seq: Optional[int]
+    row_seq: int | None
     kind: str  # changed | removed | inserted | signature | chain_head | missing
     detail: str
 
@@ -148,7 +148,7 @@ def _field_kind(tp: Any) -> tuple[str, bool]:
     return _KIND[tp], False
 
 
-def _compile(name: str, kinds: Sequence[str], optional: Sequence[bool], batch_idx: Optional[int],
+def _compile(name: str, kinds: Sequence[str], optional: Sequence[bool], batch_idx: int | None,
              batch_optional: bool) -> tuple[Callable, Callable]:
     """Generate the row serialiser and the chaining generator for one table.
 
@@ -264,7 +264,7 @@ class ScenarioRow(SQLModel, table=True):
     """A scenario's full YAML, stored once per distinct text."""
 
     __tablename__ = "scenario"
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str
     text: str
     content_hash: str = Field(unique=True)  # sha256 of the UTF-8 text
@@ -276,7 +276,7 @@ class RunRow(SQLModel, table=True):
 
     __tablename__ = "run"
     __table_args__ = (CheckConstraint("status IN ('complete')", name="ck_run_status"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     scenario_id: int = Field(foreign_key="scenario.id", index=True)
     replication: int
     seed: int
@@ -288,10 +288,10 @@ class RunRow(SQLModel, table=True):
     warmup: float
     events: int
     costs_json: str
-    label: Optional[str] = None
+    label: str | None = None
     row_counts: str  # JSON {table: rows}: lets verify tell a removed last row from a changed one
-    digest: Optional[bytes] = None
-    chain_head: Optional[str] = None  # hex digest of the run's last record row
+    digest: bytes | None = None
+    chain_head: str | None = None  # hex digest of the run's last record row
 
 
 _SPECS: tuple[_Spec, ...] = tuple(_record_spec(attr, cls) for attr, cls in RunRecords.TABLES)
@@ -308,7 +308,7 @@ class CorrectionRow(SQLModel, table=True):
         CheckConstraint("length(reason) > 0 AND length(actor) > 0", name="ck_correction_attributable"),
         Index("ix_correction_row", "run_id", "table_name", "row_seq"),
     )
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id")
     table_name: str
     row_seq: int
@@ -342,15 +342,15 @@ def _append_only_ddl() -> list[str]:
 # ------------------------------------------------------------------------------------------------ open
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _iso(t: Optional[datetime]) -> str:
+def _iso(t: datetime | None) -> str:
     if t is None:
         return _now()
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _package_version() -> str:
@@ -550,8 +550,8 @@ def _batched(it: Iterator[tuple], n: int) -> Iterator[list[tuple]]:
 
 
 def write_run(engine: Engine, scenario_name: str, scenario_text: str, records: RunRecords,
-              label: Optional[str] = None, *, started: Optional[datetime] = None,
-              finished: Optional[datetime] = None) -> int:
+              label: str | None = None, *, started: datetime | None = None,
+              finished: datetime | None = None) -> int:
     """Write one run whole, in one transaction, and return its id.
 
     Either the run row (status 'complete') and every record row commit together, or nothing does. The
@@ -563,7 +563,7 @@ def write_run(engine: Engine, scenario_name: str, scenario_text: str, records: R
 
 
 def _write_run(engine: Engine, scenario_name: str, scenario_text: str, records: RunRecords,
-               label: Optional[str], started: Optional[datetime], finished: Optional[datetime],
+               label: str | None, started: datetime | None, finished: datetime | None,
                bulk_raw: bool) -> int:
     where = _where(engine)
     content_hash = hashlib.sha256(scenario_text.encode()).hexdigest()
@@ -578,7 +578,7 @@ def _write_run(engine: Engine, scenario_name: str, scenario_text: str, records: 
         "row_counts": json.dumps({spec.name: len(rows) for spec, rows in tables}),
     }
     state: list[Any] = [None]
-    current: Optional[_Spec] = None
+    current: _Spec | None = None
     current_rows: Sequence[Any] = ()
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of fresh tuples: the cyclic collector would rescan them again and again
@@ -629,7 +629,7 @@ def _write_run(engine: Engine, scenario_name: str, scenario_text: str, records: 
             gc.enable()
 
 
-def _record_hex(rec: Mapping[str, Any], batch_no: Optional[str]) -> str:
+def _record_hex(rec: Mapping[str, Any], batch_no: str | None) -> str:
     """Digest of a batch's record as it stands now (rows of batch, step_event, qc_test, deviation)."""
     h = rec.get(batch_no) if batch_no is not None else None
     return (h if h is not None else hashlib.sha256()).hexdigest()
@@ -712,7 +712,7 @@ def record_correction(engine: Engine, run_id: int, table: str, row_seq: int, rea
 
 # ---------------------------------------------------------------------------------------------- verify
 
-def verify(engine: Engine, run_id: Optional[int] = None) -> list[Problem]:
+def verify(engine: Engine, run_id: int | None = None) -> list[Problem]:
     """Recompute the record chains and release signatures; an empty list means nothing was altered.
 
     Each row is checked against the stored digest of the row before it, so a finding names the row
@@ -758,7 +758,7 @@ def _verify_run(conn: Connection, run: Mapping[str, Any], problems: list[Problem
     except (TypeError, ValueError, AttributeError):
         counts = {}
         problems.append(Problem(rid, "run", None, "changed", "row counts unreadable"))
-    prev: Optional[bytes] = _genesis(rid, content_hash)
+    prev: bytes | None = _genesis(rid, content_hash)
     rec: defaultdict[str, Any] = defaultdict(hashlib.sha256)
     for spec in _SPECS:
         prev = _verify_table(conn, spec, rid, counts.get(spec.name, 0), prev, rec, problems)
@@ -769,7 +769,7 @@ def _verify_run(conn: Connection, run: Mapping[str, Any], problems: list[Problem
 
 
 def _run_rows(conn: Connection, spec: _Spec, cols: Sequence[str], rid: int,
-              raw: Optional[bool] = None) -> Iterable[Sequence[Any]]:
+              raw: bool | None = None) -> Iterable[Sequence[Any]]:
     """One run's rows of a table in row order. SQLite goes through the DB-API cursor: plain tuples,
     several times faster than SQLAlchemy rows for a million of them (booleans come back as 0/1)."""
     t = spec.table
@@ -780,8 +780,8 @@ def _run_rows(conn: Connection, spec: _Spec, cols: Sequence[str], rid: int,
     return conn.execute(sa.select(*(t.c[c] for c in cols)).where(t.c.run_id == rid).order_by(t.c.row_seq))
 
 
-def _verify_table(conn: Connection, spec: _Spec, rid: int, count: int, prev: Optional[bytes],
-                  rec: defaultdict, problems: list[Problem]) -> Optional[bytes]:
+def _verify_table(conn: Connection, spec: _Spec, rid: int, count: int, prev: bytes | None,
+                  rec: defaultdict, problems: list[Problem]) -> bytes | None:
     """Check one table's links; returns the last good link (None when it is unknown)."""
     result = _run_rows(conn, spec, ["row_seq", *spec.fields, "digest"], rid)
     batch_i = spec.fields.index("batch_no") if spec.name in _BATCH_RECORD_TABLES else None
@@ -823,11 +823,11 @@ def _verify_table(conn: Connection, spec: _Spec, rid: int, count: int, prev: Opt
     return prev
 
 
-def _verify_corrections(conn: Connection, rid: int, chain_head: Optional[str], problems: list[Problem]) -> None:
+def _verify_corrections(conn: Connection, rid: int, chain_head: str | None, problems: list[Problem]) -> None:
     c = CorrectionRow.__table__
     rows = conn.execute(sa.select(c).where(c.c.run_id == rid).order_by(c.c.id)).mappings().all()
     try:
-        prev: Optional[bytes] = bytes.fromhex(chain_head or "")
+        prev: bytes | None = bytes.fromhex(chain_head or "")
     except ValueError:
         prev = None
     for row in rows:
@@ -867,7 +867,7 @@ def list_scenarios(engine: Engine) -> pd.DataFrame:
     return _read(engine, sql)
 
 
-def _read(engine: Engine, sql: Any, params: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+def _read(engine: Engine, sql: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
     try:
         with engine.connect() as conn:
             res = conn.execute(sql, params or {})
@@ -877,7 +877,7 @@ def _read(engine: Engine, sql: Any, params: Optional[Mapping[str, Any]] = None) 
 
 
 def load_frames(
-    engine: Engine, run_ids: Sequence[int], tables: Optional[Iterable[str]] = None
+    engine: Engine, run_ids: Sequence[int], tables: Iterable[str] | None = None
 ) -> dict[str, pd.DataFrame]:
     """The runs' records as frames keyed like ``RunRecords.frames()`` (patients, batches, steps, ...).
 
@@ -942,7 +942,7 @@ def scenario_text(engine: Engine, scenario: int | str) -> str:
 
 # --------------------------------------------------------------------------------------------- exports
 
-def _table_frame(conn: Connection, t: sa.Table, run_ids: Optional[Sequence[int]]) -> pd.DataFrame:
+def _table_frame(conn: Connection, t: sa.Table, run_ids: Sequence[int] | None) -> pd.DataFrame:
     q = sa.select(t)
     if run_ids is not None:
         if t.name == "run":
@@ -961,7 +961,7 @@ def _table_frame(conn: Connection, t: sa.Table, run_ids: Optional[Sequence[int]]
     return df
 
 
-def _export(engine: Engine, out_dir: str | Path, run_ids: Optional[Sequence[int]], suffix: str,
+def _export(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None, suffix: str,
             write: Callable[[pd.DataFrame, Path], None]) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -978,17 +978,17 @@ def _export(engine: Engine, out_dir: str | Path, run_ids: Optional[Sequence[int]
     return paths
 
 
-def export_csv(engine: Engine, out_dir: str | Path, run_ids: Optional[Sequence[int]] = None) -> list[Path]:
+def export_csv(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None = None) -> list[Path]:
     """One CSV per table (runs, scenarios, corrections and every record table); digests as hex."""
     return _export(engine, out_dir, run_ids, "csv", lambda df, p: df.to_csv(p, index=False))
 
 
-def export_parquet(engine: Engine, out_dir: str | Path, run_ids: Optional[Sequence[int]] = None) -> list[Path]:
+def export_parquet(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None = None) -> list[Path]:
     """One Parquet file per table, same content as ``export_csv``."""
     return _export(engine, out_dir, run_ids, "parquet", lambda df, p: df.to_parquet(p, index=False))
 
 
-def export_batch_csv(engine: Engine, coi: str, out_path: str | Path, run_id: Optional[int] = None) -> int:
+def export_batch_csv(engine: Engine, coi: str, out_path: str | Path, run_id: int | None = None) -> int:
     """A batch's whole GMP record for a reviewer: every row of every table for one chain-of-identity
     id, in simulation-time order (column ``sim_time``, days), one CSV; ``corrected`` marks rows changed after first entry and ``corrections``
     says how, when, by whom and why. Without ``run_id`` the newest run holding the id is used.

@@ -9,7 +9,8 @@ knows about SQL, pandas or Streamlit.
 from __future__ import annotations
 
 import math
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import simpy
 

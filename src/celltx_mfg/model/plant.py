@@ -9,7 +9,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import simpy
 
