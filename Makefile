@@ -1,6 +1,8 @@
 # Two commands for a fresh machine with python3 (3.11+) and make:
 #   make run   - set up .venv, simulate scenarios/baseline.yaml into celltx.db, print KPIs, serve the dashboard
 #   make test  - set up .venv, install a browser for the UI test if possible, run the test suite
+#   make lint  - ruff and mypy on src/ (configured in pyproject.toml), then the longest/most complex functions
+#   make docs  - regenerate docs/validation.md and docs/reliability.md (tests never write tracked files)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DB     ?= celltx.db
 PORT   ?= 8501
 
-.PHONY: run test test-slow setup browser bench clean
+.PHONY: run test test-slow lint docs setup browser bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +39,17 @@ test: $(STAMP) browser
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests dashboards benchmarks scripts
+	$(BIN)/mypy
+	@$(BIN)/python scripts/code_report.py
+
+# The reliability report lists every bad-input, fault and tampering case with its outcome, slow ones included.
+docs: $(STAMP)
+	CELLTX_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md $(BIN)/python -m pytest -q -m "slow or not slow" \
+	  tests/test_fuzz_scenarios.py tests/test_faults.py tests/test_integrity.py
+	$(BIN)/python scripts/validation_report.py
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

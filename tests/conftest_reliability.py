@@ -1,4 +1,4 @@
-"""pytest plugin: log each case of the reliability test files and write ``docs/reliability.md``.
+"""pytest plugin: log each case of the reliability test files and write the reliability report.
 
 Loaded by ``pytest_plugins = ["tests.conftest_reliability"]`` in those files (not a conftest.py, so it is
 active only when one of them is collected).
