@@ -67,7 +67,7 @@ def main() -> None:
     t_sim = t_store = bare_t = float("inf")
     servers = sc5.resources.suites - sc5.resources.dedicated_suites
     mean_service = sc5.booking.planned_suite_days or 12.0
-    for i in range(3):
+    for _ in range(3):
         with tempfile.TemporaryDirectory() as d:
             engine = open_store(str(Path(d) / "bench.db"))
             t0 = time.perf_counter()

@@ -27,10 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))  # the textbook-queue helpers live with their tests
 
-from celltx_mfg import analysis  # noqa: E402
-from celltx_mfg.config import load_scenario  # noqa: E402
-from celltx_mfg.records import RunRecords  # noqa: E402
-from celltx_mfg.simulate import simulate  # noqa: E402
 from tests.validation.conftest import (  # noqa: E402
     erlang_c,
     exponential,
@@ -41,6 +37,11 @@ from tests.validation.conftest import (  # noqa: E402
     t_halfwidth,
 )
 from tests.validation.test_queueing import _baseline, little, run_queue  # noqa: E402
+
+from celltx_mfg import analysis  # noqa: E402
+from celltx_mfg.config import load_scenario  # noqa: E402
+from celltx_mfg.records import RunRecords  # noqa: E402
+from celltx_mfg.simulate import simulate  # noqa: E402
 
 SCENARIOS = [
     "baseline", "kite_like", "collect_then_queue", "conditional_release", "demand_plus_50",
@@ -187,7 +188,7 @@ def little_rows(reps: int = 4) -> list[tuple[str, str, str, str, str]]:
         pats = [(p.first_apheresis, p.infused if p.status == "infused" else p.lost_time if p.status == "lost" else None)
                 for p in rec.patients if p.first_apheresis is not None]
         holds = [(u.start, u.end if u.end < horizon else None) for u in rec.resource_uses if u.kind == "suite"]
-        for key, iv in zip(acc, (pats, holds)):
+        for key, iv in zip(acc, (pats, holds), strict=True):
             acc[key].append(little(iv, t1, horizon - 150.0, horizon))
     for key, res in acc.items():
         L = np.array([x["L"] for x in res])

@@ -17,12 +17,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from typer.testing import CliRunner
 
 from celltx_mfg import store
@@ -313,7 +313,7 @@ def test_two_processes_write_one_database(short: Path, tmp_path: Path) -> None:
     procs = [subprocess.Popen([CELLTX, "run", str(short), "--db", str(db), "-r", "3", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs, strict=True):
         assert p.returncode == 0, e[-2000:]
     ids = [json.loads(o)["runs"] for o, _ in outs]
     assert sorted(ids[0] + ids[1]) == [1, 2, 3, 4, 5, 6]
@@ -331,8 +331,8 @@ def test_two_processes_create_one_new_database(short: Path, tmp_path: Path) -> N
     procs = [subprocess.Popen([CELLTX, "run", str(short), "--db", str(db), "-r", "3", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    ok = [json.loads(o)["runs"] for p, (o, _) in zip(procs, outs) if p.returncode == 0]
-    failed = [(p, e) for p, (_, e) in zip(procs, outs) if p.returncode != 0]
+    ok = [json.loads(o)["runs"] for p, (o, _) in zip(procs, outs, strict=True) if p.returncode == 0]
+    failed = [(p, e) for p, (_, e) in zip(procs, outs, strict=True) if p.returncode != 0]
     for p, e in failed:
         assert p.returncode == 2 and "Traceback" not in e and str(db) in e, e[-2000:]
     assert ok, "neither process stored its runs"

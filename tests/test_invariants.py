@@ -12,11 +12,11 @@ milliseconds. Every invariant is checked against the scenario, independently of 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections import defaultdict
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -194,7 +194,7 @@ def _overlaps(intervals: list[tuple[float, float, Any]]) -> list[tuple[Any, Any]
     """Pairs of positive-length intervals that overlap by more than EPS (sorted sweep)."""
     bad = []
     iv = sorted((s, e, tag) for s, e, tag in intervals if e - s > EPS)
-    for (s0, e0, t0), (s1, e1, t1) in zip(iv, iv[1:]):
+    for (_, e0, t0), (s1, _, t1) in itertools.pairwise(iv):
         if s1 < e0 - EPS:
             bad.append((t0, t1))
     return bad
@@ -252,7 +252,7 @@ def check_invariants(sc: Scenario, rec: RunRecords) -> None:
              "released", "shipped", "delivered", "infused")
     for b in rec.batches:
         times = [(f, getattr(b, f)) for f in chain if getattr(b, f) is not None]
-        for (f0, t0), (f1, t1) in zip(times, times[1:]):
+        for (f0, t0), (f1, t1) in itertools.pairwise(times):
             assert t0 <= t1 + EPS, f"{b.batch_no}: {f0}={t0} after {f1}={t1}"
         if b.infused is not None:
             assert b.released is not None and b.released <= b.infused and b.status == "infused"
@@ -363,7 +363,7 @@ def check_invariants(sc: Scenario, rec: RunRecords) -> None:
         if kind != "suite":
             continue
         holds = sorted((u for u in uses if u.activity != "line_clearance"), key=lambda u: u.start)
-        for prev, nxt in zip(holds, holds[1:]):
+        for prev, nxt in itertools.pairwise(holds):
             if (prev.batch_no, unit) in processed:
                 need = clearance + (sc.gmp.infectious_decontamination.mean() if patients[prev.coi].infectious else 0.0)
                 assert nxt.start - prev.end >= need - 1e-7, f"{unit}: {nxt.batch_no} {nxt.start - prev.end:.4f} d after {prev.batch_no}, clearance {need:.4f}"

@@ -62,7 +62,7 @@ def kiefer_wolfowitz(ready: np.ndarray, service: np.ndarray, servers: int) -> np
     free = [0.0] * servers  # times the servers become free
     heapq.heapify(free)
     waits = np.empty(len(ready))
-    for i, (a, s) in enumerate(zip(ready, service)):
+    for i, (a, s) in enumerate(zip(ready, service, strict=True)):
         f = heapq.heappop(free)
         start = max(a, f)
         waits[i] = start - a

@@ -219,7 +219,7 @@ def test_slot_mode_qc_waits_for_analyst_shift(slot_run: RunRecords) -> None:
     }
     assert set(got) == set(want)
     for key, triple in want.items():
-        for g, w in zip(got[key], triple):
+        for g, w in zip(got[key], triple, strict=True):
             assert abs(g - w) < TOL, (key, got[key], triple)
     reviews = sorted((u.batch_no, round(u.start, 6), round(u.end, 6))
                      for u in slot_run.resource_uses if u.kind == "qa_reviewers")
