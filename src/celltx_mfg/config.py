@@ -13,8 +13,8 @@ import hashlib
 import itertools
 import math
 import reprlib
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
@@ -201,23 +201,36 @@ class Process(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Process:
-        names = [s.name for s in self.steps]
-        dup = _repeated(names)
+        """Steps refer to each other by name (hold_until), so names must be unique and references resolve."""
+        dup = _repeated([s.name for s in self.steps])
         if dup:
             raise ValueError(f"step names must be unique, repeated: {sorted(dup)}")
-        for i, s in enumerate(self.steps):
-            for res, until in s.hold_until.items():
-                if until not in names:
-                    raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; steps: {names}")
-                if names.index(until) <= i:
-                    raise ValueError(f"step {s.name!r}: hold_until.{res} must name a later step, got {until!r}")
-                if res not in s.uses:
-                    raise ValueError(f"step {s.name!r}: hold_until.{res} but {res!r} is not in uses")
-            if s.open and "suite" not in s.uses and not _held_from_before(self.steps, i, "suite"):
-                raise ValueError(f"step {s.name!r} is open and must use a suite (grade A BSC in grade B)")
-            if s.min_days is not None and s.max_days is not None and s.max_days < s.min_days:
-                raise ValueError(f"step {s.name!r}: max_days < min_days")
+        for i in range(len(self.steps)):
+            _check_step(self.steps, i)
         return self
+
+
+def _check_step(steps: list[Step], i: int) -> None:
+    """Raise on the first problem of step i: its holds, its suite when open, its validated duration range."""
+    s = steps[i]
+    for res, until in s.hold_until.items():
+        _check_hold(steps, i, res, until)
+    if s.open and "suite" not in s.uses and not _held_from_before(steps, i, "suite"):
+        raise ValueError(f"step {s.name!r} is open and must use a suite (grade A BSC in grade B)")
+    if s.min_days is not None and s.max_days is not None and s.max_days < s.min_days:
+        raise ValueError(f"step {s.name!r}: max_days < min_days")
+
+
+def _check_hold(steps: list[Step], i: int, res: Equipment, until: str) -> None:
+    """A resource held past step i is kept until a later step ends, so that step must exist, come later
+    and the resource must have been taken by step i."""
+    s, names = steps[i], [x.name for x in steps]
+    if until not in names:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; steps: {names}")
+    if names.index(until) <= i:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} must name a later step, got {until!r}")
+    if res not in s.uses:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} but {res!r} is not in uses")
 
 
 def _held_from_before(steps: list[Step], i: int, res: Equipment) -> bool:
@@ -541,10 +554,13 @@ CROSS_CHECKS: tuple[CrossCheck, ...] = (
 """Cross-field rules in the order their problems are reported; a new rule is one function added here."""
 
 
+Problem = tuple[str, str, Any]  # (field path, message, bad value or _MISSING), as ScenarioError lists them
+
+
 class ScenarioError(Exception):
     """A scenario file that cannot be used; ``problems`` lists (field path, message, bad value)."""
 
-    def __init__(self, path: str, problems: list[tuple[str, str, Any]]) -> None:
+    def __init__(self, path: str, problems: list[Problem]) -> None:
         self.path = path
         self.problems = problems
         super().__init__(self.render())
@@ -561,6 +577,7 @@ class ScenarioError(Exception):
 
 _MISSING = object()
 _CROSS = "cross-reference problems:\n"
+_REFERRALS = "demand.referrals_csv"
 MAX_FILE_BYTES = 5_000_000
 
 
@@ -574,7 +591,7 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _allowed(err: dict[str, Any]) -> str:
+def _allowed(err: ErrorDetails) -> str:
     """Turn pydantic's message into one that says what is allowed."""
     t, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
     if t == "extra_forbidden":
@@ -611,64 +628,73 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            # drop pydantic's discriminator tag from the path (e.g. duration.fixed.value -> duration.value)
-            loc = tuple(p for p in loc if p not in _dist_names() or p == loc[-1])
-            path = ".".join(str(p) for p in loc)
-            msg = _allowed(err)
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            if msg.startswith(_CROSS):
-                for line in msg[len(_CROSS) :].splitlines():
-                    where, _, what = line.partition(": ")
-                    if " " in where or not what:  # a sentence, not a field path
-                        where, what = path, line
-                    problems.append((where, what, _MISSING))
-                continue
-            problems.append((path, msg, _value_at(data, tuple(err["loc"])) if err["type"] != "missing" else _MISSING))
-        raise ScenarioError(source, problems) from None
+        raise ScenarioError(source, [p for err in e.errors() for p in _problems_of(err, data)]) from None
     if sc.demand.referrals_csv is not None:
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
-        days = load_referrals(csv_path, source, sc.start_date)
-        sc._referral_days = days
+        sc._referral_days = load_referrals(csv_path, source, sc.start_date)
     return sc
+
+
+def _problems_of(err: ErrorDetails, data: dict[str, Any]) -> list[Problem]:
+    """One pydantic error as problems a user can act on: the field path as written in the file (without
+    pydantic's discriminator tag, e.g. duration.fixed.value -> duration.value), what is allowed and the
+    value found. The cross-field report is one error to pydantic but one problem per line to the user."""
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc if p not in _dist_names() or p == loc[-1])
+    msg = _allowed(err).removeprefix("Value error, ")
+    if msg.startswith(_CROSS):
+        return [_cross_problem(line, path) for line in msg[len(_CROSS) :].splitlines()]
+    return [(path, msg, _value_at(data, loc) if err["type"] != "missing" else _MISSING)]
+
+
+def _cross_problem(line: str, path: str) -> Problem:
+    """A line of the cross-field report back into (field path, message); a sentence stays whole at ``path``."""
+    where, _, what = line.partition(": ")
+    if " " in where or not what:  # a sentence, not a field path
+        where, what = path, line
+    return (where, what, _MISSING)
 
 
 def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE) -> list[float]:
     """Referral days from a CSV with a `day` column (days from the start date) or a `date` column (ISO
     dates or date-times, converted to days from ``start``): a plant's own referral log replayed."""
-    field = "demand.referrals_csv"
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ScenarioError(source, [(field, f"cannot read {path}: {e}", _MISSING)]) from None
+        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
-        raise ScenarioError(source, [(field, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)])
-    days: list[float] = []
+        raise ScenarioError(
+            source, [(_REFERRALS, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)]
+        )
     origin = dt.datetime.combine(start, dt.time())
-    for i, r in enumerate(rows, start=2):
-        try:
-            if "day" in cols and r.get("day") not in (None, ""):
-                v = float(r["day"])
-            elif "date" in cols and r.get("date") not in (None, ""):
-                v = (dt.datetime.fromisoformat(r["date"].strip()) - origin).total_seconds() / 86400.0
-            else:
-                continue
-        except ValueError:
-            bad = r.get("day") if "day" in cols else r.get("date")
-            raise ScenarioError(
-                source, [(field, f"{path} line {i}: not a number of days or an ISO date", bad)]
-            ) from None
-        if not math.isfinite(v) or v < 0:
-            raise ScenarioError(source, [(field, f"{path} line {i}: referral before the start date or not finite", v)])
-        days.append(v)
-    return days
+    days = [_referral_day(r, cols, origin, source, f"{path} line {i}") for i, r in enumerate(rows, start=2)]
+    return [d for d in days if d is not None]
+
+
+def _referral_day(row: dict[str, str], cols: set[str], origin: dt.datetime, source: str, at: str) -> float | None:
+    """Days from the start of one referral row, or None for a row with neither value; ``at`` names the row
+    in the error, which stops the load (a referral log with a bad row is not replayed in part)."""
+    try:
+        v = _row_days(row, cols, origin)
+    except ValueError:
+        bad = row.get("day") if "day" in cols else row.get("date")
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: not a number of days or an ISO date", bad)]) from None
+    if v is not None and (not math.isfinite(v) or v < 0):
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: referral before the start date or not finite", v)])
+    return v
+
+
+def _row_days(row: dict[str, str], cols: set[str], origin: dt.datetime) -> float | None:
+    """A `day` value wins over a `date` value in the same row."""
+    if "day" in cols and row.get("day") not in (None, ""):
+        return float(row["day"])
+    if "date" in cols and row.get("date") not in (None, ""):
+        return (dt.datetime.fromisoformat(row["date"].strip()) - origin).total_seconds() / 86400.0
+    return None
 
 
 def scenario_referral_days(sc: Scenario) -> list[float] | None:
@@ -679,29 +705,44 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
     """Read and validate a scenario file; returns the scenario and the file's text (stored with every run)."""
     p = Path(path)
     src = str(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
-    if p.is_dir():
-        raise ScenarioError(src, [("", "is a directory, expected a YAML scenario file", _MISSING)])
-    if size > MAX_FILE_BYTES:
-        raise ScenarioError(src, [("", f"file is {size:,} bytes; a scenario may be at most {MAX_FILE_BYTES:,}", _MISSING)])
-    try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)  # stat() says 0 for pipes and devices
-        if len(raw) > MAX_FILE_BYTES:
-            raise ScenarioError(src, [("", f"more than {MAX_FILE_BYTES:,} bytes, the most a scenario may be", _MISSING)])
-        text = raw.decode("utf-8")
-    except OSError as e:
-        raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
-    except UnicodeDecodeError as e:
-        raise ScenarioError(src, [("", f"not UTF-8 text (byte {e.start}): save the file as UTF-8", _MISSING)]) from None
+    text = _read_scenario_text(p, src)
     data = _yaml(text, src)
     if isinstance(data, dict) and "base" in data:
         data = _resolve_base(data, p, [p.resolve()])
         text = yaml.safe_dump(data, sort_keys=False)
     return parse_scenario(data, src, p.parent), text
+
+
+def _file_problem(src: str, msg: str) -> ScenarioError:
+    return ScenarioError(src, [("", msg, _MISSING)])
+
+
+def _read_scenario_text(p: Path, src: str) -> str:
+    """The file's text, refused early when it is not a readable UTF-8 file within MAX_FILE_BYTES."""
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise _file_problem(src, f"cannot read file: {e.strerror or e}") from None
+    if p.is_dir():
+        raise _file_problem(src, "is a directory, expected a YAML scenario file")
+    if size > MAX_FILE_BYTES:
+        raise _file_problem(src, f"file is {size:,} bytes; a scenario may be at most {MAX_FILE_BYTES:,}")
+    try:
+        raw = _read_capped(p)
+        if len(raw) > MAX_FILE_BYTES:
+            raise _file_problem(src, f"more than {MAX_FILE_BYTES:,} bytes, the most a scenario may be")
+        return raw.decode("utf-8")
+    except OSError as e:
+        raise _file_problem(src, f"cannot read file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise _file_problem(src, f"not UTF-8 text (byte {e.start}): save the file as UTF-8") from None
+
+
+def _read_capped(path: Path) -> bytes:
+    """At most one byte more than MAX_FILE_BYTES: stat() says 0 for pipes and devices, so only reading
+    tells a file is too large."""
+    with open(path, "rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
 
 
 def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[str, Any]:
@@ -715,15 +756,7 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
     if base_path in seen:
         chain = " -> ".join(str(x.name) for x in seen + [base_path])
         raise ScenarioError(src, [("base", f"circular base chain: {chain}", base_ref)])
-    try:
-        with open(base_path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            raise ScenarioError(src, [("base", f"{base_path} is more than {MAX_FILE_BYTES:,} bytes", base_ref)])
-        base_text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(src, [("base", f"cannot read base scenario {base_path}: {e}", base_ref)]) from None
-    base = _yaml(base_text, str(base_path))
+    base = _yaml(_read_base_text(base_path, src, base_ref), str(base_path))
     if not isinstance(base, dict):
         raise ScenarioError(str(base_path), [("", "top level must be a mapping of keys", _MISSING)])
     if "base" in base:
@@ -732,28 +765,44 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
     return _merge(base, over)
 
 
+def _read_base_text(base_path: Path, src: str, base_ref: str) -> str:
+    """The base file's text; its problems are reported at the what-if's ``base`` key."""
+    try:
+        raw = _read_capped(base_path)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ScenarioError(src, [("base", f"{base_path} is more than {MAX_FILE_BYTES:,} bytes", base_ref)])
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(src, [("base", f"cannot read base scenario {base_path}: {e}", base_ref)]) from None
+
+
 def _merge(base: Any, over: Any) -> Any:
     """Mappings merge key by key; lists of named items (sites, steps, tests) merge by ``name``; anything
     else is replaced."""
     if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
+        merged = dict(base)
         for k, v in over.items():
-            out[k] = _merge(base[k], v) if k in base else v
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(over, list)
-        and all(isinstance(x, dict) and "name" in x for x in base + over)
-    ):
-        out = [dict(x) for x in base]
-        index = {x["name"]: i for i, x in enumerate(out)}
-        for item in over:
-            if item["name"] in index:
-                out[index[item["name"]]] = _merge(out[index[item["name"]]], item)
-            else:
-                out.append(item)
-        return out
+            merged[k] = _merge(base[k], v) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(over, list) and _all_named(base + over):
+        return _merge_named(base, over)
     return over
+
+
+def _all_named(items: list[Any]) -> bool:
+    return all(isinstance(x, dict) and "name" in x for x in items)
+
+
+def _merge_named(base: list[dict[str, Any]], over: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An item of ``over`` merges into the base item of the same name, or is appended after the base's."""
+    out = [dict(x) for x in base]
+    index = {x["name"]: i for i, x in enumerate(out)}
+    for item in over:
+        if item["name"] in index:
+            out[index[item["name"]]] = _merge(out[index[item["name"]]], item)
+        else:
+            out.append(item)
+    return out
 
 
 def _yaml(text: str, source: str) -> Any:
