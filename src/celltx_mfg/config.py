@@ -10,20 +10,30 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import itertools
 import math
 import reprlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .calendar import WEEKDAYS, Calendar
 from .distributions import Distribution, fixed
 
-EQUIPMENT = ("suite", "incubator", "closed_device", "freezer")
+DEFAULT_START_DATE = dt.date(2027, 1, 4)  # a Monday: day 0 of every scenario that does not set start_date
 STAFF = ("operators", "qc_analysts", "qa_reviewers")
-CONSEQUENCES = ("recollect", "discard", "oos")
+
+Equipment = Literal["suite", "incubator", "closed_device", "freezer"]
+Consequence = Literal["recollect", "discard", "oos"]
+
+
+def _repeated(names: list[str]) -> set[str]:
+    """Names given more than once: sites, steps and QC tests are all referred to by name."""
+    return {n for n in names if names.count(n) > 1}
 
 
 class _Model(BaseModel):
@@ -44,7 +54,7 @@ class CalendarSpec(_Model):
     @model_validator(mode="after")
     def _no_overlap(self) -> CalendarSpec:
         spans = sorted((s.start_hour, s.start_hour + s.hours) for s in self.shifts)
-        for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+        for (_, a1), (b0, _) in itertools.pairwise(spans):
             if b0 < a1:
                 raise ValueError(f"shifts overlap: one ends at hour {a1}, the next starts at {b0}")
         if spans[-1][1] - spans[0][0] > 24:
@@ -130,7 +140,9 @@ class Booking(_Model):
         description="slot: wait for a reserved start, collect against it; "
         "collect_then_queue: collect at once, cryopreserve at site, queue at the plant",
     )
-    starts_per_day: int = Field(default=1, ge=0, le=1_000_000_000, description="manufacturing starts offered per working day")
+    starts_per_day: int = Field(
+        default=1, ge=0, le=1_000_000_000, description="manufacturing starts offered per working day"
+    )
     start_calendar: str = Field(default="plant_days", description="calendar whose days offer starts")
     horizon_days: float = Field(default=56, gt=0, le=3650, description="how far ahead a slot may be booked")
     priority: Literal["fifo", "urgency"] = "fifo"
@@ -161,7 +173,7 @@ class Resources(_Model):
 
 class Failure(_Model):
     probability: float = Field(ge=0, le=1)
-    consequence: Literal["recollect", "discard", "oos"] = Field(
+    consequence: Consequence = Field(
         description="recollect: new apheresis and re-manufacture; discard: batch lost; "
         "oos: product out of specification (handled by gmp.oos_policy)"
     )
@@ -171,8 +183,8 @@ class Step(_Model):
     name: str = Field(min_length=1)
     duration: Distribution
     open: bool = Field(default=False, description="open processing: needs the suite's BSC, one batch at a time")
-    uses: list[Literal["suite", "incubator", "closed_device", "freezer"]] = Field(default_factory=list)
-    hold_until: dict[Literal["suite", "incubator", "closed_device", "freezer"], str] = Field(
+    uses: list[Equipment] = Field(default_factory=list)
+    hold_until: dict[Equipment, str] = Field(
         default_factory=dict, description="keep a resource past this step until the named later step ends"
     )
     operators: int = Field(default=0, ge=0, description="operators hands-on for the whole step (wait for shift)")
@@ -189,30 +201,43 @@ class Process(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Process:
-        names = [s.name for s in self.steps]
-        dup = {n for n in names if names.count(n) > 1}
+        """Steps refer to each other by name (hold_until), so names must be unique and references resolve."""
+        dup = _repeated([s.name for s in self.steps])
         if dup:
             raise ValueError(f"step names must be unique, repeated: {sorted(dup)}")
-        for i, s in enumerate(self.steps):
-            for res, until in s.hold_until.items():
-                if until not in names:
-                    raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; steps: {names}")
-                if names.index(until) <= i:
-                    raise ValueError(f"step {s.name!r}: hold_until.{res} must name a later step, got {until!r}")
-                if res not in s.uses:
-                    raise ValueError(f"step {s.name!r}: hold_until.{res} but {res!r} is not in uses")
-            if s.open and "suite" not in s.uses and not _held_from_before(self.steps, i, "suite"):
-                raise ValueError(f"step {s.name!r} is open and must use a suite (grade A BSC in grade B)")
-            if s.min_days is not None and s.max_days is not None and s.max_days < s.min_days:
-                raise ValueError(f"step {s.name!r}: max_days < min_days")
+        for i in range(len(self.steps)):
+            _check_step(self.steps, i)
         return self
 
 
-def _held_from_before(steps: list[Step], i: int, res: str) -> bool:
+def _check_step(steps: list[Step], i: int) -> None:
+    """Raise on the first problem of step i: its holds, its suite when open, its validated duration range."""
+    s = steps[i]
+    for res, until in s.hold_until.items():
+        _check_hold(steps, i, res, until)
+    if s.open and "suite" not in s.uses and not _held_from_before(steps, i, "suite"):
+        raise ValueError(f"step {s.name!r} is open and must use a suite (grade A BSC in grade B)")
+    if s.min_days is not None and s.max_days is not None and s.max_days < s.min_days:
+        raise ValueError(f"step {s.name!r}: max_days < min_days")
+
+
+def _check_hold(steps: list[Step], i: int, res: Equipment, until: str) -> None:
+    """A resource held past step i is kept until a later step ends, so that step must exist, come later
+    and the resource must have been taken by step i."""
+    s, names = steps[i], [x.name for x in steps]
+    if until not in names:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; steps: {names}")
+    if names.index(until) <= i:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} must name a later step, got {until!r}")
+    if res not in s.uses:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} but {res!r} is not in uses")
+
+
+def _held_from_before(steps: list[Step], i: int, res: Equipment) -> bool:
     """True when an earlier step keeps ``res`` until step i or later."""
     names = [s.name for s in steps]
     for j in range(i):
-        until = steps[j].hold_until.get(res)  # type: ignore[call-overload]
+        until = steps[j].hold_until.get(res)
         if until is not None and names.index(until) >= i:
             return True
     return False
@@ -223,7 +248,7 @@ class QCTest(_Model):
     duration: Distribution = Field(description="sample to result (days)")
     hands_on_hours: float = Field(default=1.0, ge=0, description="analyst time to set the test up")
     failure_probability: float = Field(default=0.0, ge=0, le=1)
-    consequence: Literal["recollect", "discard", "oos"] = "oos"
+    consequence: Consequence = "oos"
     sterility: bool = Field(default=False, description="may be pending at conditional release")
 
 
@@ -234,7 +259,7 @@ class QC(_Model):
     @model_validator(mode="after")
     def _unique(self) -> QC:
         names = [t.name for t in self.tests]
-        if len(set(names)) != len(names):
+        if _repeated(names):
             raise ValueError(f"QC test names must be unique: {names}")
         return self
 
@@ -284,7 +309,7 @@ class Scenario(_Model):
 
     name: str = Field(min_length=1)
     description: str = ""
-    start_date: dt.date = Field(default=dt.date(2027, 1, 4))
+    start_date: dt.date = Field(default=DEFAULT_START_DATE)
     horizon_days: float = Field(gt=0, le=36500)
     warmup_days: float = Field(default=0, ge=0)
     seed: int = Field(default=1, ge=0)
@@ -302,70 +327,10 @@ class Scenario(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> Scenario:
-        errs: list[str] = []
-        if self.warmup_days >= self.horizon_days:
-            errs.append(f"warmup_days ({self.warmup_days}) must be < horizon_days ({self.horizon_days})")
-        cals = set(self.calendars)
-        for where, name in [
-            ("resources.operators.calendar", self.resources.operators.calendar),
-            ("resources.qc_analysts.calendar", self.resources.qc_analysts.calendar),
-            ("resources.qa_reviewers.calendar", self.resources.qa_reviewers.calendar),
-            ("booking.start_calendar", self.booking.start_calendar),
-        ] + [(f"sites.{s.name}.calendar", s.calendar) for s in self.sites]:
-            if name not in cals:
-                errs.append(f"{where}: unknown calendar {name!r}; defined: {sorted(cals)}")
-        names = [s.name for s in self.sites]
-        if len(set(names)) != len(names):
-            errs.append(f"sites: names must be unique: {names}")
-        mix = self.demand.product_mix or {p: 1.0 for p in self.products}
-        for p in mix:
-            if p not in self.products:
-                errs.append(f"demand.product_mix: unknown product {p!r}; products: {sorted(self.products)}")
-        if self.booking.priority == "urgency":
-            for u in self.demand.urgency_mix:
-                if u not in self.booking.urgency_order:
-                    errs.append(f"demand.urgency_mix: class {u!r} missing from booking.urgency_order")
-        r = self.resources
-        if r.dedicated_suites > r.suites:
-            errs.append(f"resources.dedicated_suites ({r.dedicated_suites}) > suites ({r.suites})")
-        if self.demand.infectious_fraction > 0 and r.dedicated_suites == 0:
-            errs.append("demand.infectious_fraction > 0 needs resources.dedicated_suites >= 1 (GMP segregation)")
-        if self.demand.infectious_fraction < 1 and r.suites - r.dedicated_suites == 0 and r.suites > 0:
-            errs.append("every suite is dedicated, so infectious-marker-negative donors have none")
-        counts = {"suite": r.suites, "incubator": r.incubators, "closed_device": r.closed_devices, "freezer": r.freezers}
-        demand_on = self.demand.per_year > 0 or self.demand.referrals_csv is not None
-        for pname, proc in self.products.items():
-            for s in proc.steps:
-                for res in s.uses:
-                    if counts[res] == 0 and demand_on:
-                        errs.append(f"products.{pname}.steps.{s.name}.uses: {res!r} but resources has 0 of them")
-                if s.operators > r.operators.count and demand_on:
-                    errs.append(
-                        f"products.{pname}.steps.{s.name}.operators: needs {s.operators}, "
-                        f"only {r.operators.count} on shift"
-                    )
-                if not self.gmp.closed_steps_share_room and not s.open and s.uses and "suite" not in s.uses:
-                    if not _held_from_before(proc.steps, proc.steps.index(s), "suite"):
-                        errs.append(
-                            f"products.{pname}.steps.{s.name}: gmp.closed_steps_share_room is false, "
-                            "so a closed step must run in a suite"
-                        )
-        if demand_on and self.gmp.clearance_operators > r.operators.count:
-            errs.append("gmp.clearance_operators exceeds resources.operators.count")
-        if demand_on and self.booking.mode == "slot" and self.booking.starts_per_day == 0:
-            errs.append("booking.starts_per_day is 0 with demand: no patient could ever start")
-        if demand_on and r.qc_analysts.count == 0:
-            errs.append("resources.qc_analysts.count is 0 with demand: no batch could be tested")
-        if demand_on and r.qa_reviewers.count == 0:
-            errs.append("resources.qa_reviewers.count is 0 with demand: no batch could be released")
-        tests = [t.name for t in self.qc.tests]
-        for t in self.release.conditional_after or []:
-            if t not in tests:
-                errs.append(f"release.conditional_after: unknown test {t!r}; tests: {tests}")
-        if self.booking.mode == "collect_then_queue" and self.gmp.starting_material != "cryopreserved":
-            errs.append("booking.mode collect_then_queue needs gmp.starting_material: cryopreserved")
-        if errs:
-            raise ValueError(_CROSS + "\n".join(errs))
+        """Run every check in CROSS_CHECKS and report all their problems at once, in registry order."""
+        lines = [problem.line() for check in CROSS_CHECKS for problem in check(self)]
+        if lines:
+            raise ValueError(_CROSS + "\n".join(lines))
         return self
 
     def calendar(self, name: str) -> Calendar:
@@ -376,10 +341,226 @@ class Scenario(_Model):
         return self.demand.product_mix or {p: 1.0 for p in self.products}
 
 
+class CrossProblem(NamedTuple):
+    """One cross-field problem. ``path`` is the field at fault; it is empty when the message is a sentence
+    about several fields (then the problem is reported at the scenario itself)."""
+
+    path: str
+    message: str
+
+    def line(self) -> str:
+        """The problem as one line of the cross-reference report (parse_scenario splits it back)."""
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+CrossCheck = Callable[[Scenario], list[CrossProblem]]
+StepCheck = Callable[[Scenario, str, Process, int], list[CrossProblem]]
+
+
+def has_demand(sc: Scenario) -> bool:
+    """Capacity rules only bite when patients arrive: a scenario with no demand may leave resources at 0."""
+    return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None
+
+
+def check_warmup(sc: Scenario) -> list[CrossProblem]:
+    """The warm-up is cut from the statistics, so it must leave part of the horizon to measure."""
+    if sc.warmup_days >= sc.horizon_days:
+        return [CrossProblem("", f"warmup_days ({sc.warmup_days}) must be < horizon_days ({sc.horizon_days})")]
+    return []
+
+
+def _calendar_references(sc: Scenario) -> list[tuple[str, str]]:
+    """(field path, calendar name) of every field that names a calendar."""
+    staff = [(f"resources.{pool}.calendar", getattr(sc.resources, pool).calendar) for pool in STAFF]
+    booking = [("booking.start_calendar", sc.booking.start_calendar)]
+    return staff + booking + [(f"sites.{s.name}.calendar", s.calendar) for s in sc.sites]
+
+
+def check_calendars(sc: Scenario) -> list[CrossProblem]:
+    """Staff pools, booking starts and clinics work to calendars that must be defined under `calendars`."""
+    cals = set(sc.calendars)
+    return [
+        CrossProblem(where, f"unknown calendar {name!r}; defined: {sorted(cals)}")
+        for where, name in _calendar_references(sc)
+        if name not in cals
+    ]
+
+
+def check_unique_sites(sc: Scenario) -> list[CrossProblem]:
+    """Sites are referred to by name in records and in what-if merges."""
+    names = [s.name for s in sc.sites]
+    return [CrossProblem("sites", f"names must be unique: {names}")] if _repeated(names) else []
+
+
+def check_product_mix(sc: Scenario) -> list[CrossProblem]:
+    """Every product a referral may need must have a manufacturing process."""
+    return [
+        CrossProblem("demand.product_mix", f"unknown product {p!r}; products: {sorted(sc.products)}")
+        for p in sc.product_mix
+        if p not in sc.products
+    ]
+
+
+def check_urgency_order(sc: Scenario) -> list[CrossProblem]:
+    """Booking by urgency must know where each urgency class ranks."""
+    if sc.booking.priority != "urgency":
+        return []
+    return [
+        CrossProblem("demand.urgency_mix", f"class {u!r} missing from booking.urgency_order")
+        for u in sc.demand.urgency_mix
+        if u not in sc.booking.urgency_order
+    ]
+
+
+def check_dedicated_suites(sc: Scenario) -> list[CrossProblem]:
+    """Dedicated suites are a subset of the suites."""
+    r = sc.resources
+    if r.dedicated_suites > r.suites:
+        return [CrossProblem("", f"resources.dedicated_suites ({r.dedicated_suites}) > suites ({r.suites})")]
+    return []
+
+
+def check_segregation(sc: Scenario) -> list[CrossProblem]:
+    """GMP segregation: infectious-marker-positive donors are processed only in a dedicated suite."""
+    if sc.demand.infectious_fraction > 0 and sc.resources.dedicated_suites == 0:
+        return [
+            CrossProblem("", "demand.infectious_fraction > 0 needs resources.dedicated_suites >= 1 (GMP segregation)")
+        ]
+    return []
+
+
+def check_negative_donors_have_suites(sc: Scenario) -> list[CrossProblem]:
+    """Marker-negative donors may not use a dedicated suite, so at least one suite must stay general."""
+    r = sc.resources
+    if sc.demand.infectious_fraction < 1 and r.suites - r.dedicated_suites == 0 and r.suites > 0:
+        return [CrossProblem("", "every suite is dedicated, so infectious-marker-negative donors have none")]
+    return []
+
+
+def _equipment_counts(r: Resources) -> dict[Equipment, int]:
+    return {"suite": r.suites, "incubator": r.incubators, "closed_device": r.closed_devices, "freezer": r.freezers}
+
+
+def check_step_equipment(sc: Scenario, pname: str, proc: Process, i: int) -> list[CrossProblem]:
+    """A step that uses equipment the plant has none of would hold its batch for ever."""
+    if not has_demand(sc):
+        return []
+    step, counts = proc.steps[i], _equipment_counts(sc.resources)
+    return [
+        CrossProblem(f"products.{pname}.steps.{step.name}.uses", f"{res!r} but resources has 0 of them")
+        for res in step.uses
+        if counts[res] == 0
+    ]
+
+
+def check_step_operators(sc: Scenario, pname: str, proc: Process, i: int) -> list[CrossProblem]:
+    """A step needing more operators than a shift has could never start."""
+    step, on_shift = proc.steps[i], sc.resources.operators.count
+    if step.operators > on_shift and has_demand(sc):
+        where = f"products.{pname}.steps.{step.name}.operators"
+        return [CrossProblem(where, f"needs {step.operators}, only {on_shift} on shift")]
+    return []
+
+
+def check_step_room(sc: Scenario, pname: str, proc: Process, i: int) -> list[CrossProblem]:
+    """When closed steps may not share a room, a closed step with equipment must run in (or keep) a suite."""
+    step = proc.steps[i]
+    if sc.gmp.closed_steps_share_room or step.open or not step.uses or "suite" in step.uses:
+        return []
+    if _held_from_before(proc.steps, i, "suite"):
+        return []
+    return [
+        CrossProblem(
+            f"products.{pname}.steps.{step.name}",
+            "gmp.closed_steps_share_room is false, so a closed step must run in a suite",
+        )
+    ]
+
+
+STEP_CHECKS: tuple[StepCheck, ...] = (check_step_equipment, check_step_operators, check_step_room)
+
+
+def check_steps(sc: Scenario) -> list[CrossProblem]:
+    """Every STEP_CHECKS rule on every step of every product; the problems of one step stay together."""
+    return [
+        problem
+        for pname, proc in sc.products.items()
+        for i in range(len(proc.steps))
+        for step_check in STEP_CHECKS
+        for problem in step_check(sc, pname, proc, i)
+    ]
+
+
+def check_clearance_operators(sc: Scenario) -> list[CrossProblem]:
+    """Line clearance needs its operators on shift together."""
+    if has_demand(sc) and sc.gmp.clearance_operators > sc.resources.operators.count:
+        return [CrossProblem("", "gmp.clearance_operators exceeds resources.operators.count")]
+    return []
+
+
+def check_starts_offered(sc: Scenario) -> list[CrossProblem]:
+    """Slot booking with no starts offered would leave every patient waiting."""
+    b = sc.booking
+    if has_demand(sc) and b.mode == "slot" and b.starts_per_day == 0:
+        return [CrossProblem("", "booking.starts_per_day is 0 with demand: no patient could ever start")]
+    return []
+
+
+def check_qc_qa_staffed(sc: Scenario) -> list[CrossProblem]:
+    """Without QC analysts no batch is tested, without QA reviewers none is released."""
+    if not has_demand(sc):
+        return []
+    r, problems = sc.resources, []
+    if r.qc_analysts.count == 0:
+        problems.append(CrossProblem("", "resources.qc_analysts.count is 0 with demand: no batch could be tested"))
+    if r.qa_reviewers.count == 0:
+        problems.append(CrossProblem("", "resources.qa_reviewers.count is 0 with demand: no batch could be released"))
+    return problems
+
+
+def check_conditional_tests(sc: Scenario) -> list[CrossProblem]:
+    """Conditional release waits for named QC tests, which must exist."""
+    tests = [t.name for t in sc.qc.tests]
+    return [
+        CrossProblem("release.conditional_after", f"unknown test {t!r}; tests: {tests}")
+        for t in sc.release.conditional_after or []
+        if t not in tests
+    ]
+
+
+def check_queue_needs_cryopreserved(sc: Scenario) -> list[CrossProblem]:
+    """Collect-then-queue holds the apheresis material for weeks, beyond any fresh hold limit."""
+    if sc.booking.mode == "collect_then_queue" and sc.gmp.starting_material != "cryopreserved":
+        return [CrossProblem("", "booking.mode collect_then_queue needs gmp.starting_material: cryopreserved")]
+    return []
+
+
+CROSS_CHECKS: tuple[CrossCheck, ...] = (
+    check_warmup,
+    check_calendars,
+    check_unique_sites,
+    check_product_mix,
+    check_urgency_order,
+    check_dedicated_suites,
+    check_segregation,
+    check_negative_donors_have_suites,
+    check_steps,
+    check_clearance_operators,
+    check_starts_offered,
+    check_qc_qa_staffed,
+    check_conditional_tests,
+    check_queue_needs_cryopreserved,
+)
+"""Cross-field rules in the order their problems are reported; a new rule is one function added here."""
+
+
+Problem = tuple[str, str, Any]  # (field path, message, bad value or _MISSING), as ScenarioError lists them
+
+
 class ScenarioError(Exception):
     """A scenario file that cannot be used; ``problems`` lists (field path, message, bad value)."""
 
-    def __init__(self, path: str, problems: list[tuple[str, str, Any]]) -> None:
+    def __init__(self, path: str, problems: list[Problem]) -> None:
         self.path = path
         self.problems = problems
         super().__init__(self.render())
@@ -396,6 +577,7 @@ class ScenarioError(Exception):
 
 _MISSING = object()
 _CROSS = "cross-reference problems:\n"
+_REFERRALS = "demand.referrals_csv"
 MAX_FILE_BYTES = 5_000_000
 
 
@@ -409,7 +591,7 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _allowed(err: dict[str, Any]) -> str:
+def _allowed(err: ErrorDetails) -> str:
     """Turn pydantic's message into one that says what is allowed."""
     t, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
     if t == "extra_forbidden":
@@ -446,64 +628,73 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            # drop pydantic's discriminator tag from the path (e.g. duration.fixed.value -> duration.value)
-            loc = tuple(p for p in loc if p not in _dist_names() or p == loc[-1])
-            path = ".".join(str(p) for p in loc)
-            msg = _allowed(err)
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            if msg.startswith(_CROSS):
-                for line in msg[len(_CROSS) :].splitlines():
-                    where, _, what = line.partition(": ")
-                    if " " in where or not what:  # a sentence, not a field path
-                        where, what = path, line
-                    problems.append((where, what, _MISSING))
-                continue
-            problems.append((path, msg, _value_at(data, tuple(err["loc"])) if err["type"] != "missing" else _MISSING))
-        raise ScenarioError(source, problems) from None
+        raise ScenarioError(source, [p for err in e.errors() for p in _problems_of(err, data)]) from None
     if sc.demand.referrals_csv is not None:
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
-        days = load_referrals(csv_path, source, sc.start_date)
-        sc._referral_days = days
+        sc._referral_days = load_referrals(csv_path, source, sc.start_date)
     return sc
 
 
-def load_referrals(path: Path, source: str, start: dt.date = dt.date(2027, 1, 4)) -> list[float]:
+def _problems_of(err: ErrorDetails, data: dict[str, Any]) -> list[Problem]:
+    """One pydantic error as problems a user can act on: the field path as written in the file (without
+    pydantic's discriminator tag, e.g. duration.fixed.value -> duration.value), what is allowed and the
+    value found. The cross-field report is one error to pydantic but one problem per line to the user."""
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc if p not in _dist_names() or p == loc[-1])
+    msg = _allowed(err).removeprefix("Value error, ")
+    if msg.startswith(_CROSS):
+        return [_cross_problem(line, path) for line in msg[len(_CROSS) :].splitlines()]
+    return [(path, msg, _value_at(data, loc) if err["type"] != "missing" else _MISSING)]
+
+
+def _cross_problem(line: str, path: str) -> Problem:
+    """A line of the cross-field report back into (field path, message); a sentence stays whole at ``path``."""
+    where, _, what = line.partition(": ")
+    if " " in where or not what:  # a sentence, not a field path
+        where, what = path, line
+    return (where, what, _MISSING)
+
+
+def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE) -> list[float]:
     """Referral days from a CSV with a `day` column (days from the start date) or a `date` column (ISO
     dates or date-times, converted to days from ``start``): a plant's own referral log replayed."""
-    field = "demand.referrals_csv"
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ScenarioError(source, [(field, f"cannot read {path}: {e}", _MISSING)]) from None
+        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
-        raise ScenarioError(source, [(field, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)])
-    days: list[float] = []
+        raise ScenarioError(
+            source, [(_REFERRALS, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)]
+        )
     origin = dt.datetime.combine(start, dt.time())
-    for i, r in enumerate(rows, start=2):
-        try:
-            if "day" in cols and r.get("day") not in (None, ""):
-                v = float(r["day"])
-            elif "date" in cols and r.get("date") not in (None, ""):
-                v = (dt.datetime.fromisoformat(r["date"].strip()) - origin).total_seconds() / 86400.0
-            else:
-                continue
-        except ValueError:
-            bad = r.get("day") if "day" in cols else r.get("date")
-            raise ScenarioError(
-                source, [(field, f"{path} line {i}: not a number of days or an ISO date", bad)]
-            ) from None
-        if not math.isfinite(v) or v < 0:
-            raise ScenarioError(source, [(field, f"{path} line {i}: referral before the start date or not finite", v)])
-        days.append(v)
-    return days
+    days = [_referral_day(r, cols, origin, source, f"{path} line {i}") for i, r in enumerate(rows, start=2)]
+    return [d for d in days if d is not None]
+
+
+def _referral_day(row: dict[str, str], cols: set[str], origin: dt.datetime, source: str, at: str) -> float | None:
+    """Days from the start of one referral row, or None for a row with neither value; ``at`` names the row
+    in the error, which stops the load (a referral log with a bad row is not replayed in part)."""
+    try:
+        v = _row_days(row, cols, origin)
+    except ValueError:
+        bad = row.get("day") if "day" in cols else row.get("date")
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: not a number of days or an ISO date", bad)]) from None
+    if v is not None and (not math.isfinite(v) or v < 0):
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: referral before the start date or not finite", v)])
+    return v
+
+
+def _row_days(row: dict[str, str], cols: set[str], origin: dt.datetime) -> float | None:
+    """A `day` value wins over a `date` value in the same row."""
+    if "day" in cols and row.get("day") not in (None, ""):
+        return float(row["day"])
+    if "date" in cols and row.get("date") not in (None, ""):
+        return (dt.datetime.fromisoformat(row["date"].strip()) - origin).total_seconds() / 86400.0
+    return None
 
 
 def scenario_referral_days(sc: Scenario) -> list[float] | None:
@@ -514,29 +705,44 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
     """Read and validate a scenario file; returns the scenario and the file's text (stored with every run)."""
     p = Path(path)
     src = str(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
-    if p.is_dir():
-        raise ScenarioError(src, [("", "is a directory, expected a YAML scenario file", _MISSING)])
-    if size > MAX_FILE_BYTES:
-        raise ScenarioError(src, [("", f"file is {size:,} bytes; a scenario may be at most {MAX_FILE_BYTES:,}", _MISSING)])
-    try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)  # stat() says 0 for pipes and devices
-        if len(raw) > MAX_FILE_BYTES:
-            raise ScenarioError(src, [("", f"more than {MAX_FILE_BYTES:,} bytes, the most a scenario may be", _MISSING)])
-        text = raw.decode("utf-8")
-    except OSError as e:
-        raise ScenarioError(src, [("", f"cannot read file: {e.strerror or e}", _MISSING)]) from None
-    except UnicodeDecodeError as e:
-        raise ScenarioError(src, [("", f"not UTF-8 text (byte {e.start}): save the file as UTF-8", _MISSING)]) from None
+    text = _read_scenario_text(p, src)
     data = _yaml(text, src)
     if isinstance(data, dict) and "base" in data:
         data = _resolve_base(data, p, [p.resolve()])
         text = yaml.safe_dump(data, sort_keys=False)
     return parse_scenario(data, src, p.parent), text
+
+
+def _file_problem(src: str, msg: str) -> ScenarioError:
+    return ScenarioError(src, [("", msg, _MISSING)])
+
+
+def _read_scenario_text(p: Path, src: str) -> str:
+    """The file's text, refused early when it is not a readable UTF-8 file within MAX_FILE_BYTES."""
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise _file_problem(src, f"cannot read file: {e.strerror or e}") from None
+    if p.is_dir():
+        raise _file_problem(src, "is a directory, expected a YAML scenario file")
+    if size > MAX_FILE_BYTES:
+        raise _file_problem(src, f"file is {size:,} bytes; a scenario may be at most {MAX_FILE_BYTES:,}")
+    try:
+        raw = _read_capped(p)
+        if len(raw) > MAX_FILE_BYTES:
+            raise _file_problem(src, f"more than {MAX_FILE_BYTES:,} bytes, the most a scenario may be")
+        return raw.decode("utf-8")
+    except OSError as e:
+        raise _file_problem(src, f"cannot read file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise _file_problem(src, f"not UTF-8 text (byte {e.start}): save the file as UTF-8") from None
+
+
+def _read_capped(path: Path) -> bytes:
+    """At most one byte more than MAX_FILE_BYTES: stat() says 0 for pipes and devices, so only reading
+    tells a file is too large."""
+    with open(path, "rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
 
 
 def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[str, Any]:
@@ -550,15 +756,7 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
     if base_path in seen:
         chain = " -> ".join(str(x.name) for x in seen + [base_path])
         raise ScenarioError(src, [("base", f"circular base chain: {chain}", base_ref)])
-    try:
-        with open(base_path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            raise ScenarioError(src, [("base", f"{base_path} is more than {MAX_FILE_BYTES:,} bytes", base_ref)])
-        base_text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(src, [("base", f"cannot read base scenario {base_path}: {e}", base_ref)]) from None
-    base = _yaml(base_text, str(base_path))
+    base = _yaml(_read_base_text(base_path, src, base_ref), str(base_path))
     if not isinstance(base, dict):
         raise ScenarioError(str(base_path), [("", "top level must be a mapping of keys", _MISSING)])
     if "base" in base:
@@ -567,28 +765,44 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
     return _merge(base, over)
 
 
+def _read_base_text(base_path: Path, src: str, base_ref: str) -> str:
+    """The base file's text; its problems are reported at the what-if's ``base`` key."""
+    try:
+        raw = _read_capped(base_path)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ScenarioError(src, [("base", f"{base_path} is more than {MAX_FILE_BYTES:,} bytes", base_ref)])
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(src, [("base", f"cannot read base scenario {base_path}: {e}", base_ref)]) from None
+
+
 def _merge(base: Any, over: Any) -> Any:
     """Mappings merge key by key; lists of named items (sites, steps, tests) merge by ``name``; anything
     else is replaced."""
     if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
+        merged = dict(base)
         for k, v in over.items():
-            out[k] = _merge(base[k], v) if k in base else v
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(over, list)
-        and all(isinstance(x, dict) and "name" in x for x in base + over)
-    ):
-        out = [dict(x) for x in base]
-        index = {x["name"]: i for i, x in enumerate(out)}
-        for item in over:
-            if item["name"] in index:
-                out[index[item["name"]]] = _merge(out[index[item["name"]]], item)
-            else:
-                out.append(item)
-        return out
+            merged[k] = _merge(base[k], v) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(over, list) and _all_named(base + over):
+        return _merge_named(base, over)
     return over
+
+
+def _all_named(items: list[Any]) -> bool:
+    return all(isinstance(x, dict) and "name" in x for x in items)
+
+
+def _merge_named(base: list[dict[str, Any]], over: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An item of ``over`` merges into the base item of the same name, or is appended after the base's."""
+    out = [dict(x) for x in base]
+    index = {x["name"]: i for i, x in enumerate(out)}
+    for item in over:
+        if item["name"] in index:
+            out[index[item["name"]]] = _merge(out[index[item["name"]]], item)
+        else:
+            out.append(item)
+    return out
 
 
 def _yaml(text: str, source: str) -> Any:

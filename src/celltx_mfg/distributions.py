@@ -28,6 +28,13 @@ class _Dist(BaseModel):
         raise NotImplementedError
 
 
+class _MeanDist(_Dist):
+    """A distribution stated by its mean: the file says ``mean``, the field is ``mean_days`` (``mean()`` is the
+    method every distribution has)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+
 class Fixed(_Dist):
     """A deterministic duration: validation traces and textbook M/D/1 checks need it."""
 
@@ -41,13 +48,11 @@ class Fixed(_Dist):
         return np.full(n, self.value)
 
 
-class Exponential(_Dist):
+class Exponential(_MeanDist):
     """Memoryless durations: courier delays and the M/M/c checks against Erlang C."""
 
     dist: Literal["exponential"]
     mean_days: float = Field(gt=0, alias="mean")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     def mean(self) -> float:
         return self.mean_days
@@ -97,14 +102,12 @@ class Triangular(_Dist):
         return rng.triangular(self.low, self.mode, self.high, n)
 
 
-class Normal(_Dist):
+class Normal(_MeanDist):
     """Normal truncated at 0 (a duration is never negative); resampled, not clipped, so no mass at 0."""
 
     dist: Literal["normal"]
     mean_days: float = Field(ge=0, alias="mean")
     sd: float = Field(ge=0)
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     def mean(self) -> float:
         # Mean of the normal truncated at zero (equals mean_days when the cut is negligible).
@@ -126,14 +129,12 @@ class Normal(_Dist):
         return out
 
 
-class LogNormal(_Dist):
+class LogNormal(_MeanDist):
     """Lognormal given by its own mean and sd (not the underlying normal's), as papers report it."""
 
     dist: Literal["lognormal"]
     mean_days: float = Field(gt=0, alias="mean")
     sd: float = Field(ge=0)
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _representable(self) -> LogNormal:
@@ -236,10 +237,6 @@ class Streams:
             s = Stream(self.run_seed, source, dist)
             self._streams[source] = s
         return s
-
-    def generator(self, source: str) -> np.random.Generator:
-        """A raw Generator for sources that need more than one distribution (arrivals, patient mix)."""
-        return self.get(source).rng
 
 
 def replication_seed(base_seed: int, replication: int) -> int:
