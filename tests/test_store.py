@@ -259,7 +259,7 @@ def test_killed_write_leaves_nothing(tmp_path: Path) -> None:
                                          i * 0.01 + 8.0, "incubator:I1", 1, False, "ok") for i in range(50000))
         write_run(open_store({str(db)!r}), "x", "name: x\\n", rec)
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(store.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(store.__file__).parents[2])}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     eng = open_store(str(db))
