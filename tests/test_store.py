@@ -395,7 +395,7 @@ def test_correction_is_a_new_row_chained_and_marked_in_batch_export(engine, tmp_
     assert set(df["table"]) == {"patient", "batch", "step_event", "resource_use", "qc_test", "shipment", "release"}
     assert (df["coi"] == coi).all() and df["sim_time"].is_monotonic_increasing
     marked = df[df["corrected"]]
-    assert sorted(zip(marked["table"], marked["row_seq"])) == [("batch", 0), ("qc_test", row)]
+    assert sorted(zip(marked["table"], marked["row_seq"], strict=True)) == [("batch", 0), ("qc_test", row)]
     assert "sample time misread" in marked[marked["table"] == "qc_test"]["corrections"].iloc[0]
     drop_triggers(engine)
     with raw(engine) as c:
