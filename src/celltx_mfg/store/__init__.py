@@ -21,8 +21,18 @@ code and its plain reference), ``open`` (connection policy), ``write`` (whole ru
 other modules use is importable from here.
 """
 
-from ._common import Problem, ProblemKind, StoreError, _iso, _now, _package_version, _q, _reason, _where
-from ._common import _write_txn as _write_txn
+from ._common import (
+    Problem,
+    ProblemKind,
+    StoreError,
+    _iso,
+    _now,
+    _package_version,
+    _q,
+    _reason,
+    _where,
+    _write_txn,
+)
 from .corrections import record_correction
 from .export import export_batch_csv, export_csv, export_parquet
 from .hashing import _correction_body, _genesis, _record_hex, _run_body, _run_seal, reference_body, reference_chain

@@ -40,7 +40,7 @@ class Problem(NamedTuple):
     run_id: int | None
     table: str
     row_seq: int | None
-    kind: str  # a ProblemKind: changed | removed | inserted | signature | chain_head | missing
+    kind: ProblemKind  # a str enum: findings built with the plain word compare equal
     detail: str
 
     def __str__(self) -> str:

@@ -80,8 +80,12 @@ class _Spec:
 
     @property
     def batch_idx(self) -> int | None:
-        """Where the batch number is, for a table whose rows are part of a batch record a release signs."""
-        return self.fields.index("batch_no") if self.name in _BATCH_RECORD_TABLES else None
+        return _batch_idx(self.name, self.fields)
+
+
+def _batch_idx(name: str, fields: Sequence[str]) -> int | None:
+    """Where the batch number is, for a table whose rows are part of a batch record a release signs."""
+    return list(fields).index("batch_no") if name in _BATCH_RECORD_TABLES else None
 
 
 def _field_kind(tp: Any) -> tuple[str, bool]:
@@ -160,7 +164,7 @@ def _record_spec(attr: str, record: type) -> _Spec:
     fields, types = _record_fields(name, record)
     kinds, optional = (tuple(x) for x in zip(*(_field_kind(t) for t in types), strict=True))
     model = _record_model(name, fields, types, _table_args(name, fields, kinds, enums))
-    batch_idx = fields.index("batch_no") if name in _BATCH_RECORD_TABLES else None
+    batch_idx = _batch_idx(name, fields)
     body, chain_rows = compile_row_code(name, kinds, optional, batch_idx,
                                         batch_idx is not None and optional[batch_idx])
     one, many, k = _insert_sql(name, fields)
