@@ -224,7 +224,8 @@ def test_release_signature_catches_record_change_even_with_chain_recomputed(tabl
     sql, what = EDITS[table]
     assert con.execute(sql, {"rid": RID, "b": batch_no}).rowcount == 1
     reforge_chain(con, RID)
-    rel_seq = con.execute("SELECT row_seq FROM release WHERE run_id = ? AND batch_no = ?", (RID, batch_no)).fetchone()[0]
+    rel_seq = con.execute("SELECT row_seq FROM release WHERE run_id = ? AND batch_no = ?",
+                          (RID, batch_no)).fetchone()[0]
     con.close()
     problems = store.verify(store.open_store(str(db), readonly=True))
     assert [(p.run_id, p.table, p.row_seq, p.kind) for p in problems] == [(RID, "release", rel_seq, "signature")]
@@ -264,7 +265,7 @@ def test_correction_is_a_new_row_and_shows_in_cli_batch_export(db: Path, tmp_pat
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out)
     marked = df[df["corrected"]]
-    assert list(zip(marked["table"], marked["row_seq"])) == [("qc_test", seq)]
+    assert list(zip(marked["table"], marked["row_seq"], strict=True)) == [("qc_test", seq)]
     text = marked["corrections"].iloc[0]
     assert "sample time misread" in text and "qa_reviewer:MK" in text and "sampled" in text
     assert float(marked["sampled"].iloc[0]) == pytest.approx(sampled)  # the record as first entered
@@ -306,4 +307,5 @@ def test_verify_detects_a_deleted_run(cli_db: Path, tmp_path: Path) -> None:
     con.close()
     code, lines = verify_cli(db)
     note(f"today: runs {left} left, `celltx verify` exit {code}: {lines[0][:100] if lines else ''}")
-    assert code == 1 and any(str(RID) in line and ("missing" in line or "removed" in line) for line in lines[:-1]), lines
+    assert code == 1 and any(str(RID) in line and ("missing" in line or "removed" in line)
+                             for line in lines[:-1]), lines

@@ -259,7 +259,7 @@ def test_killed_write_leaves_nothing(tmp_path: Path) -> None:
                                          i * 0.01 + 8.0, "incubator:I1", 1, False, "ok") for i in range(50000))
         write_run(open_store({str(db)!r}), "x", "name: x\\n", rec)
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(store.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(store.__file__).parents[2])}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     eng = open_store(str(db))
@@ -395,7 +395,7 @@ def test_correction_is_a_new_row_chained_and_marked_in_batch_export(engine, tmp_
     assert set(df["table"]) == {"patient", "batch", "step_event", "resource_use", "qc_test", "shipment", "release"}
     assert (df["coi"] == coi).all() and df["sim_time"].is_monotonic_increasing
     marked = df[df["corrected"]]
-    assert sorted(zip(marked["table"], marked["row_seq"])) == [("batch", 0), ("qc_test", row)]
+    assert sorted(zip(marked["table"], marked["row_seq"], strict=True)) == [("batch", 0), ("qc_test", row)]
     assert "sample time misread" in marked[marked["table"] == "qc_test"]["corrections"].iloc[0]
     drop_triggers(engine)
     with raw(engine) as c:

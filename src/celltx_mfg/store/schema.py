@@ -1,0 +1,253 @@
+"""The store's tables, each defined once: the run and scenario rows, one table per record list of
+``RunRecords`` (same fields, same order, plus ``run_id``, ``row_seq`` and ``digest``), corrections,
+and the triggers that make GMP records append-only.
+
+``row_seq`` is a row's position within its run and table (``seq`` is taken by ``StepEvent.seq``).
+"""
+
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import CheckConstraint, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+from sqlmodel.main import SQLModelMetaclass
+
+from ..records import RunRecords
+from ._common import _q
+from .hashing import RowBody, RowChain, compile_row_code
+
+DEFAULT_DB = "celltx.db"
+SCHEMA_VERSION = 1  # PRAGMA user_version of a store this module created
+
+RESOURCE_KINDS = ("suite", "incubator", "closed_device", "freezer", "operators", "qc_analysts",
+                  "qa_reviewers", "apheresis", "manufacturing_slot", "infusion")
+RELEASE_MODES = ("full", "conditional", "exceptional_oos")
+SIGNATURE_MEANINGS = ("performed", "verified", "reviewed", "approved", "released")
+
+# record attribute -> (table, {enumerated field: allowed values}, batch-record time fields)
+_TABLE_DEFS: dict[str, tuple[str, dict[str, tuple[str, ...]], tuple[str, ...]]] = {
+    "patients": ("patient", {"status": ("infused", "lost", "in_progress")}, ("referred",)),
+    "batches": ("batch", {"status": ("infused", "released", "failed", "expired", "in_progress", "abandoned"),
+                          "release_mode": RELEASE_MODES}, ("apheresis_start", "slot_day", "received")),
+    "steps": ("step_event", {"outcome": ("ok", "failed")}, ("start",)),
+    "resource_uses": ("resource_use", {"kind": RESOURCE_KINDS}, ("start",)),
+    "qc_results": ("qc_test", {"result": ("pass", "fail")}, ("sampled",)),
+    "deviations": ("deviation", {"severity": ("minor", "major", "critical")}, ("time",)),
+    "shipments": ("shipment", {"direction": ("inbound", "outbound"), "condition": ("2-8C", "<=-150C")},
+                  ("depart",)),
+    "releases": ("release", {"mode": RELEASE_MODES, "signer_role": ("qualified_person",),
+                             "meaning": SIGNATURE_MEANINGS}, ("time",)),
+    "resources": ("resource", {"kind": RESOURCE_KINDS}, ()),
+}
+# the rows a release signs: its batch's record
+_BATCH_RECORD_TABLES = ("batch", "step_event", "qc_test", "deviation")
+_KIND = {str: "str", float: "float", int: "int", bool: "bool"}
+_MAX_PARAMS = 999  # bound parameters per statement that every SQLite build accepts
+
+
+def table_of(model: type) -> sa.Table:
+    """The SQLAlchemy table of a SQLModel row class (SQLModel adds ``__table__`` where mypy cannot see)."""
+    return model.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One record table: where its rows come from, its columns, and its compiled row digest code."""
+
+    attr: str  # RunRecords attribute
+    name: str  # SQL table
+    fields: tuple[str, ...]  # record fields (+ record_digest for release)
+    kinds: tuple[str, ...]
+    optional: tuple[bool, ...]
+    time_fields: tuple[str, ...]
+    model: type
+    insert_sql: str  # one row
+    insert_many_sql: str  # rows_per_insert rows: SQLite does a fifth less work per row than one by one
+    rows_per_insert: int
+    body: RowBody  # canonical bytes of one row
+    chain: RowChain  # rows -> insert tuples, extending the chain
+
+    @property
+    def table(self) -> sa.Table:
+        return table_of(self.model)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("run_id", "row_seq", *self.fields, "digest")
+
+    @property
+    def batch_idx(self) -> int | None:
+        return _batch_idx(self.name, self.fields)
+
+
+def _batch_idx(name: str, fields: Sequence[str]) -> int | None:
+    """Where the batch number is, for a table whose rows are part of a batch record a release signs."""
+    return list(fields).index("batch_no") if name in _BATCH_RECORD_TABLES else None
+
+
+def _field_kind(tp: Any) -> tuple[str, bool]:
+    args = typing.get_args(tp)
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return _KIND[inner[0]], True
+    return _KIND[tp], False
+
+
+def _bool_check(field: str) -> str:
+    return f"{_q(field)} IN (0, 1)"
+
+
+def _enum_check(field: str, values: Sequence[str]) -> str:
+    return f"{_q(field)} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _record_fields(name: str, record: type) -> tuple[list[str], list[Any]]:
+    """The record's fields and types, plus the release's signature of its batch record."""
+    hints = typing.get_type_hints(record)
+    fields = list(record._fields)  # type: ignore[attr-defined]
+    types = [hints[f] for f in fields]
+    if name == "release":
+        fields.append("record_digest")  # sha256 hex of the signed batch record
+        types.append(str)
+    return fields, types
+
+
+def _table_args(name: str, fields: Sequence[str], kinds: Sequence[str],
+                enums: dict[str, tuple[str, ...]]) -> tuple[Any, ...]:
+    """Checks (enumerations, booleans), chain-of-identity keys and indexes of one record table."""
+    args: list[Any] = [CheckConstraint(_enum_check(f, v), name=f"ck_{name}_{f}") for f, v in enums.items()]
+    args += [CheckConstraint(_bool_check(f), name=f"ck_{name}_{f}")
+             for f, k in zip(fields, kinds, strict=True) if k == "bool"]
+    if name == "patient":
+        args.append(UniqueConstraint("run_id", "coi", name="uq_patient_coi"))
+    elif name == "batch":
+        args.append(UniqueConstraint("run_id", "batch_no", name="uq_batch_batch_no"))
+        args.append(Index("ix_batch_coi", "run_id", "coi"))
+    elif "coi" in fields and name not in ("step_event", "resource_use"):
+        # the two big tables go without: a (run_id, coi) index doubles their write time, and a batch
+        # export scans one run's rows by primary key instead
+        args.append(Index(f"ix_{name}_coi", "run_id", "coi"))
+    args.append({"sqlite_with_rowid": False})
+    return tuple(args)
+
+
+def _record_model(name: str, fields: Sequence[str], types: Sequence[Any], table_args: tuple[Any, ...]) -> type:
+    annotations: dict[str, Any] = {"run_id": int, "row_seq": int}
+    annotations.update(zip(fields, types, strict=True))
+    annotations["digest"] = bytes
+    ns: dict[str, Any] = {
+        "__module__": __name__,
+        "__tablename__": name,
+        "run_id": Field(primary_key=True, foreign_key="run.id"),
+        "row_seq": Field(primary_key=True),
+        "__annotations__": annotations,
+        "__table_args__": table_args,
+    }
+    cls_name = "".join(p.title() for p in name.split("_")) + "Row"
+    return SQLModelMetaclass(cls_name, (SQLModel,), ns, table=True)
+
+
+def _insert_sql(name: str, fields: Sequence[str]) -> tuple[str, str, int]:
+    """One-row INSERT, multi-row INSERT and its rows per statement."""
+    cols = ("run_id", "row_seq", *fields, "digest")
+    head = f"INSERT INTO {_q(name)} ({', '.join(_q(c) for c in cols)}) VALUES "
+    one = f"({', '.join('?' * len(cols))})"
+    k = _MAX_PARAMS // len(cols)
+    return head + one, head + ", ".join([one] * k), k
+
+
+def _record_spec(attr: str, record: type) -> _Spec:
+    name, enums, time_fields = _TABLE_DEFS[attr]
+    fields, types = _record_fields(name, record)
+    kinds, optional = (tuple(x) for x in zip(*(_field_kind(t) for t in types), strict=True))
+    model = _record_model(name, fields, types, _table_args(name, fields, kinds, enums))
+    batch_idx = _batch_idx(name, fields)
+    body, chain_rows = compile_row_code(name, kinds, optional, batch_idx,
+                                        batch_idx is not None and optional[batch_idx])
+    one, many, k = _insert_sql(name, fields)
+    return _Spec(attr, name, tuple(fields), kinds, optional, time_fields, model, one, many, k, body, chain_rows)
+
+
+class ScenarioRow(SQLModel, table=True):
+    """A scenario's full YAML, stored once per distinct text."""
+
+    __tablename__ = "scenario"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    text: str
+    content_hash: str = Field(unique=True)  # sha256 of the UTF-8 text
+    created: str  # UTC ISO timestamp
+
+
+class RunRow(SQLModel, table=True):
+    """One replication, written whole. ``digest`` seals this row's fields and ``chain_head``."""
+
+    __tablename__ = "run"
+    __table_args__ = (CheckConstraint("status IN ('complete')", name="ck_run_status"),)
+    id: int | None = Field(default=None, primary_key=True)
+    scenario_id: int = Field(foreign_key="scenario.id", index=True)
+    replication: int
+    seed: int
+    package_version: str
+    status: str = "complete"
+    started: str
+    finished: str
+    horizon: float
+    warmup: float
+    events: int
+    costs_json: str
+    label: str | None = None
+    row_counts: str  # JSON {table: rows}: lets verify tell a removed last row from a changed one
+    digest: bytes | None = None
+    chain_head: str | None = None  # hex digest of the run's last record row
+
+
+_SPECS: tuple[_Spec, ...] = tuple(_record_spec(attr, cls) for attr, cls in RunRecords.TABLES)
+_BY_NAME = {s.name: s for s in _SPECS}
+RECORD_TABLES = tuple(s.name for s in _SPECS)
+
+
+class CorrectionRow(SQLModel, table=True):
+    """A correction after first entry: supersedes named values of one record row; never edits it."""
+
+    __tablename__ = "correction"
+    __table_args__ = (
+        CheckConstraint(_enum_check("table_name", RECORD_TABLES), name="ck_correction_table"),
+        CheckConstraint("length(reason) > 0 AND length(actor) > 0", name="ck_correction_attributable"),
+        Index("ix_correction_row", "run_id", "table_name", "row_seq"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    table_name: str
+    row_seq: int
+    reason: str
+    new_values_json: str
+    time: str  # UTC ISO timestamp
+    actor: str
+    digest: bytes  # chains the run's corrections on from run.chain_head
+
+
+SCENARIO = table_of(ScenarioRow)
+RUN = table_of(RunRow)
+CORRECTION = table_of(CorrectionRow)
+_ALL_TABLES = [SCENARIO, RUN, *(s.table for s in _SPECS), CORRECTION]
+
+
+def _append_only_ddl() -> list[str]:
+    out = []
+    for t in (*RECORD_TABLES, "correction", "scenario"):
+        for op, verb in (("UPDATE", "changed"), ("DELETE", "deleted")):
+            out.append(
+                f'CREATE TRIGGER IF NOT EXISTS "{t}_no_{op.lower()}" BEFORE {op} ON {_q(t)} BEGIN '
+                f"SELECT RAISE(ABORT, 'append-only GMP record: {t} rows cannot be {verb}; "
+                f"record a correction instead'); END")
+    out.append(
+        'CREATE TRIGGER IF NOT EXISTS "run_no_update" BEFORE UPDATE ON "run" WHEN OLD.chain_head IS NOT NULL '
+        "BEGIN SELECT RAISE(ABORT, 'append-only GMP record: a complete run cannot be changed'); END")
+    out.append(
+        'CREATE TRIGGER IF NOT EXISTS "run_no_delete" BEFORE DELETE ON "run" '
+        "BEGIN SELECT RAISE(ABORT, 'append-only GMP record: runs cannot be deleted'); END")
+    return out
