@@ -668,7 +668,7 @@ def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = 
         grid = np.arange(0.0, end + 1e-9, float(step_days))
         pend = _patient_end(p)
         in_system = _count_inside(_num(p, "referred"), pend, grid)
-        cap = b["coi"].map(dict(zip(p["coi"], pend))).to_numpy(dtype=float)
+        cap = b["coi"].map(dict(zip(p["coi"], pend, strict=True))).to_numpy(dtype=float)
         cap = np.where(np.isnan(cap), np.inf, cap)
         is_open = b["status"].isin(OPEN_BATCH_STATUSES).to_numpy()
         fallback = np.where(is_open, np.inf, _batch_stop(f))
@@ -957,7 +957,7 @@ def _trace_rows(f: dict[str, pd.DataFrame], coi: str) -> list[dict[str, Any]]:
             f"vein-to-vein {_d(_val(r.infused) - _val(r.first_apheresis))} d; attempts {r.attempts}")
         add(r.lost_time, None, "patient", "lost", f"{r.lost_stage}: {r.lost_reason}")
     stops = _batch_stop({"batches": mine["batches"], "steps": mine["steps"], "qc_results": mine["qc_results"]})
-    for r, stop in zip(mine["batches"].itertuples(index=False), stops):
+    for r, stop in zip(mine["batches"].itertuples(index=False), stops, strict=True):
         add(r.received, None, "batch", "received (quarantine)", f"attempt {r.attempt}", r.batch_no)
         add(r.ready, None, "batch", "ready for the suite", f"slot day {_d(_val(r.slot_day))}", r.batch_no)
         add(r.qc_complete, None, "batch", "QC complete", f"oos {bool(r.oos)}", r.batch_no)

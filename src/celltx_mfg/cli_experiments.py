@@ -36,10 +36,6 @@ VARY_FORM = "LEVER=V1,V2,... (e.g. suites=4,6,8 or demand.per_year=300,450,600)"
 PRECISION_FORM = "KPI=HALFWIDTH (e.g. vein_to_vein_days.mean=0.5)"
 REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
 _VARY = re.compile(r"^\s*(?P<lever>[A-Za-z_*][\w.*\-]*)\s*=\s*(?P<values>.*\S)\s*$")
-_REQUIRE = re.compile(
-    r"^\s*[A-Za-z_][\w.\-]*?\s*(?:<=|>=|==|!=|<|>)\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$"
-)
-
 
 
 def _out() -> Console:
@@ -53,15 +49,6 @@ BACKEND_HELP = "local: a process pool on this machine; ray: Ray tasks (local Ray
 RAY_HELP = "Ray cluster to use: 'auto' on a cluster node, or ray://head:10001"
 JSON_HELP = "print one JSON object on stdout, no table and no progress bar"
 KPI_HELP = "KPI path to show in the table (repeat; default a standard set); --json has them all"
-
-
-
-
-
-
-
-
-
 
 
 def parse_vary(options: list[str]) -> dict[str, list[str]]:
@@ -95,9 +82,13 @@ def parse_precision(options: list[str]) -> dict[str, float]:
 
 
 def _check_requirements(options: list[str]) -> list[str]:
+    from .analysis import RequirementSyntaxError, parse_requirement
+
     for req in options:
-        if not _REQUIRE.match(req):
-            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'")
+        try:
+            parse_requirement(req)
+        except RequirementSyntaxError:
+            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'") from None
     return options
 
 
@@ -233,7 +224,8 @@ def sweep(
                     "kpis": {k: v for k, v in s.items() if k not in ("ci95", "replications")},
                     "ci95": s["ci95"],
                 }
-                for c, s, met, runs in zip(result.cells, result.summaries, result.precision_met, result.runs)
+                for c, s, met, runs in zip(result.cells, result.summaries, result.precision_met, result.runs,
+                                           strict=True)
             ],
         })
         return
@@ -246,7 +238,7 @@ def sweep(
     table.add_column("reps", justify="right")
     for path in shown:
         table.add_column(path, justify="right")
-    for cell, summary, met in zip(result.cells, result.summaries, result.precision_met):
+    for cell, summary, met in zip(result.cells, result.summaries, result.precision_met, strict=True):
         row = [cell.name.split("[")[0]] if len(files) > 1 or not levers else []
         row += [_fmt(cell.levers.get(lever)) for lever in levers]
         row.append(str(summary["replications"]) + ("" if met in (None, True) else " (cap)"))
@@ -260,13 +252,9 @@ def sweep(
 
 
 def _get(d: Any, path: str) -> Any:
-    from .analysis import get_path
+    from .analysis import value_or_none
 
-    try:
-        v = get_path(d, path)
-    except ValueError:
-        return None
-    return None if isinstance(v, dict) else v
+    return value_or_none(d, path)
 
 
 # ------------------------------------------------------------------------------------------ compare
@@ -307,8 +295,8 @@ def compare(
             "seed": result.seed,
             "db": None if no_store else db,
             "differences": result.table,
-            "summaries": dict(zip(result.names, result.summaries)),
-            "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs)},
+            "summaries": dict(zip(result.names, result.summaries, strict=True)),
+            "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs, strict=True)},
         })
         return
     shown = list(kpi or DEFAULT_KPIS)
@@ -323,7 +311,8 @@ def compare(
             if match.empty:
                 continue
             r = match.iloc[0].to_dict()
-            interval = "-" if r["ci_low"] is None or _nan(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            interval = ("-" if r["ci_low"] is None or _nan(r["ci_low"])
+                        else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
             sig = r["significant"]
             table.add_row(path, _fmt(r["mean_reference"]), _fmt(r["mean_scenario"]), _fmt(r["difference"]),
                           interval, "-" if sig is None or _nan(sig) else ("YES" if sig else "no"))
