@@ -456,3 +456,35 @@ def test_series_accept_runs_and_empty_frames():
     assert an.queue_length_over_time(empty, "suite")["queue_length"].tolist() == [0]
     assert len(an.utilisation_by_unit(empty, HORIZON, WARMUP)) == 0
     assert len(an.bottleneck_ranking(empty, HORIZON, WARMUP)) == 0
+
+
+# ------------------------------------------------------------------- statistics and requirement text
+def test_ci_half_width_is_the_t_interval_and_needs_two_values():
+    x = [3.0, 5.0, 4.0, 8.0]
+    expected = sps.t.ppf(0.975, 3) * np.std(x, ddof=1) / 2
+    assert an.ci_half_width(x) == pytest.approx(expected, rel=1e-12)
+    assert an.ci_half_width(x, level=0.99) == pytest.approx(sps.t.ppf(0.995, 3) * np.std(x, ddof=1) / 2)
+    assert an.ci_half_width([1.0]) is None and an.ci_half_width([]) is None
+
+
+def test_paired_difference_with_too_few_pairs():
+    assert an.paired_difference([], [])["pairs"] == 0
+    one = an.paired_difference([1.0, None], [3.0, 2.0])
+    assert one["difference"] == 2.0 and one["half_width"] is None and one["pairs"] == 1
+
+
+def test_parse_requirement_is_the_one_reader():
+    req = an.parse_requirement(" vein_to_vein_days.p90 <= 28 ")
+    assert (req.path, req.op, req.threshold) == ("vein_to_vein_days.p90", "<=", 28.0)
+    assert req.holds(27.5) and not req.holds(28.5) and not req.holds(None)
+    with pytest.raises(an.RequirementSyntaxError, match="cannot parse"):
+        an.parse_requirement("wait for slot < 2")
+
+
+def test_walk_kpis_lists_groups_and_leaves_once():
+    k = {"a": 1, "g": {"x": 2.0, "y": None}, "ci95": {"a": 0.1}, "replications": 3}
+    assert [p for p, _ in an.walk_kpis(k)] == ["a", "g", "g.x", "g.y"]
+    assert an.kpi_items(k) == [("a", 1), ("g.x", 2.0), ("g.y", None)]
+    assert an.numeric_kpis({"a": 1, "t": "text", "n": float("nan")}) == {"a": 1.0, "n": None}
+    assert an.value_or_none(k, "g") is None and an.value_or_none(k, "nope") is None
+    assert an.value_or_none(k, "g.x") == 2.0

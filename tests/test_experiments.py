@@ -429,3 +429,28 @@ def test_cli_plan_exit_codes(cli: tuple[typer.Typer, Path, Path], daily_csv: Pat
     assert "no value of suites in [7, 8]" in none.stderr and "fails" in none.stdout  # the evidence table
     bad = CliRunner().invoke(app, ["plan", str(f), "--lever", "suites", "--require", "wait_for_slot_days.mean=<2"])
     assert bad.exit_code == 2 and "--require" in bad.output
+
+
+def test_replicate_scenario_stores_the_same_runs_and_ids_for_any_jobs(tiny: tuple[Any, str], tmp_path: Path) -> None:
+    from celltx_mfg.store import list_runs, open_store
+
+    sc, text = tiny
+    results = []
+    for jobs in (1, 2):
+        db = str(tmp_path / f"r{jobs}.db")
+        res = ex.replicate_scenario(sc, text, 3, db=db, jobs=jobs, label="check", seed=5)
+        assert res.run_ids == [1, 2, 3]
+        assert list(list_runs(open_store(db))["label"]) == ["check"] * 3
+        results.append(res)
+    assert results[0].per_run == results[1].per_run
+    assert results[0].summary == analysis.summarise(results[0].per_run)
+    assert _no_ids(ex.run_replications(sc, text, 3, seed=5)) == results[0].per_run
+
+
+def test_backends_follow_the_protocol() -> None:
+    for cls in (ex.InlineBackend, ex.LocalPoolBackend, ex.RayBackend):
+        for method in ("submit", "wait", "result", "cancel", "close"):
+            assert callable(getattr(cls, method))
+    backend = ex.open_backend("local", 1)
+    assert isinstance(backend, ex.InlineBackend)
+    backend.close()

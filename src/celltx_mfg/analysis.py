@@ -22,10 +22,11 @@ Conventions every KPI follows, so two numbers on one screen are always comparabl
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -342,26 +343,51 @@ def kpis_by_run(
 
 
 # ------------------------------------------------------------------------------------- replications
-# Student-t 0.975 quantiles (two-sided 95%); between knots interpolated linearly in 1/df, which is within
-# 3e-5 (relative) of the exact value for every df. A table keeps scipy a development-only dependency.
-_T975_KNOTS = (
-    (1, 12.706205), (2, 4.302653), (3, 3.182446), (4, 2.776445), (5, 2.570582), (6, 2.446912),
-    (7, 2.364624), (8, 2.306004), (9, 2.262157), (10, 2.228139), (11, 2.200985), (12, 2.178813),
-    (13, 2.160369), (14, 2.144787), (15, 2.131450), (16, 2.119905), (17, 2.109816), (18, 2.100922),
-    (19, 2.093024), (20, 2.085963), (21, 2.079614), (22, 2.073873), (23, 2.068658), (24, 2.063899),
-    (25, 2.059539), (26, 2.055529), (27, 2.051831), (28, 2.048407), (29, 2.045230), (30, 2.042272),
-    (40, 2.021075), (50, 2.008559), (60, 2.000298), (80, 1.990063), (100, 1.983972), (120, 1.979930),
-    (200, 1.971896), (500, 1.964720), (1000, 1.962339),
-)
-_T975_X = np.array([0.0] + [1.0 / d for d, _ in reversed(_T975_KNOTS)])
-_T975_Y = np.array([1.959964] + [t for _, t in reversed(_T975_KNOTS)])
+def t_quantile(df: float, level: float = 0.95) -> float:
+    """Two-sided Student-t multiplier for a ``level`` confidence interval with ``df`` degrees of freedom.
+
+    scipy is imported on first use: the CLI starts without paying for it."""
+    if not df >= 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _t_ppf((1.0 + level) / 2.0, float(df))
+
+
+@functools.lru_cache(maxsize=1024)
+def _t_ppf(q: float, df: float) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
 
 
 def student_t_975(df: float) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom (95% two-sided CI multiplier)."""
-    if not df >= 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return float(np.interp(1.0 / df, _T975_X, _T975_Y))
+    return t_quantile(df, 0.95)
+
+
+def ci_half_width(values: Sequence[float] | np.ndarray, level: float = 0.95) -> float | None:
+    """t-interval half-width of the mean, t(df = n - 1) * s / sqrt(n) with s the sample standard
+    deviation; None with fewer than two values (one replication says nothing about its spread)."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return None
+    return float(t_quantile(x.size - 1, level) * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None]) -> dict[str, Any]:
+    """Mean of b - a over replications where both are numbers, with its 95% t-interval; significant
+    when the interval excludes 0. Pairing on common random numbers cancels the noise both share."""
+    d = np.array(
+        [y - x for x, y in zip(a, b, strict=False)
+         if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)],
+        dtype=float,
+    )
+    mean = float(d.mean()) if d.size else None
+    hw = ci_half_width(d)
+    out: dict[str, Any] = {"difference": mean, "ci_low": None, "ci_high": None, "half_width": None,
+                           "significant": None, "pairs": int(d.size)}
+    if mean is not None and hw is not None:
+        out.update(ci_low=mean - hw, ci_high=mean + hw, half_width=hw, significant=bool(mean - hw > 0 or mean + hw < 0))
+    return out
 
 
 _MISSING = object()
@@ -385,11 +411,7 @@ def _summarise_level(dicts: list[Mapping[str, Any]], path: str) -> tuple[dict[st
         if nums.size == 0 and any(v is not None and v is not _MISSING for v in values):
             continue  # a non-numeric leaf has no mean
         means[key] = float(nums.mean()) if nums.size else None
-        cis[key] = (
-            float(student_t_975(nums.size - 1) * nums.std(ddof=1) / math.sqrt(nums.size))
-            if nums.size >= 2
-            else None
-        )
+        cis[key] = ci_half_width(nums)
     return means, cis
 
 
@@ -430,6 +452,31 @@ _REQUIREMENT = re.compile(
 )
 
 
+class RequirementSyntaxError(ValueError):
+    """A requirement that is not '<kpi path><op><number>'."""
+
+
+class Requirement(NamedTuple):
+    """A parsed requirement: the KPI it constrains, the comparison and the bound."""
+
+    text: str
+    path: str
+    op: str
+    threshold: float
+
+    def holds(self, value: float | None) -> bool:
+        """Nothing measured never meets a requirement: a gate must not pass because the run produced nothing."""
+        return value is not None and bool(_OPS[self.op](value, self.threshold))
+
+
+def parse_requirement(text: str) -> Requirement:
+    """The one reader of requirement text, for gates, capacity plans and the command line."""
+    m = _REQUIREMENT.match(text)
+    if not m:
+        raise RequirementSyntaxError(f"cannot parse requirement {text!r}; expected {REQUIREMENT_SYNTAX}")
+    return Requirement(text, m["path"], m["op"], float(m["threshold"]))
+
+
 class RequirementResult(NamedTuple):
     requirement: str
     path: str
@@ -439,18 +486,23 @@ class RequirementResult(NamedTuple):
     ok: bool
 
 
-def _paths(node: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out = []
+_EXTRAS = ("ci95", "replications")  # what summarise adds beside the KPIs
+
+
+def walk_kpis(node: Mapping[str, Any], prefix: str = "", skip_extras: bool = True) -> Iterator[tuple[str, Any]]:
+    """The one walk of the KPI tree: every node (groups before their members) as (dotted path, value), in
+    the dict's order. The ``ci95`` mirror and the replication count are skipped unless asked for."""
     for k, v in node.items():
-        p = f"{prefix}.{k}" if prefix else str(k)
-        out.append(p)
+        if skip_extras and k in _EXTRAS:
+            continue
+        path = f"{prefix}.{k}" if prefix else str(k)
+        yield path, v
         if isinstance(v, Mapping):
-            out.extend(_paths(v, p))
-    return out
+            yield from walk_kpis(v, path, skip_extras)
 
 
 def _unknown_path(kpis: Mapping[str, Any], path: str, why: str) -> ValueError:
-    available = _paths(kpis)
+    available = [p for p, _ in walk_kpis(kpis, skip_extras=False)]
     close = difflib.get_close_matches(path, available, n=6, cutoff=0.6)
     if close:
         hint = "close matches: " + ", ".join(close)
@@ -462,16 +514,17 @@ def _unknown_path(kpis: Mapping[str, Any], path: str, why: str) -> ValueError:
 def kpi_items(kpis: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """Every KPI leaf as (dotted path, value), in the dict's order, for tables; the ``ci95`` mirror and
     the replication count are not KPIs and are left out."""
-    rows: list[tuple[str, Any]] = []
-    for k, v in kpis.items():
-        if k in ("ci95", "replications"):
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            rows.extend(kpi_items(v, key + "."))
-        else:
-            rows.append((key, v))
-    return rows
+    return [(p, v) for p, v in walk_kpis(kpis, prefix.rstrip(".")) if not isinstance(v, Mapping)]
+
+
+def numeric_kpis(kpis: Mapping[str, Any]) -> dict[str, float | None]:
+    """Numeric KPI leaves by dotted path as floats (NaN -> None), for tables of means and paired
+    differences; text leaves are left out."""
+    out: dict[str, float | None] = {}
+    for path, v in kpi_items(kpis):
+        if v is None or isinstance(v, (bool, int, float, np.integer, np.floating)):
+            out[path] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return out
 
 
 def get_path(kpis: Mapping[str, Any], path: str) -> Any:
@@ -489,6 +542,29 @@ def get_path(kpis: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+def value_or_none(kpis: Mapping[str, Any], path: str) -> Any:
+    """:func:`get_path` for display: an unknown path or a group shows as nothing instead of failing."""
+    try:
+        v = get_path(kpis, path)
+    except ValueError:
+        return None
+    return None if isinstance(v, Mapping) else v
+
+
+def _requirement_value(kpis: Mapping[str, Any], req: Requirement) -> float | None:
+    actual = get_path(kpis, req.path)
+    if isinstance(actual, Mapping):
+        raise ValueError(
+            f"requirement {req.text!r}: {req.path!r} is a group, not a number; pick one of: "
+            + ", ".join(f"{req.path}.{k}" for k in actual)
+        )
+    if actual is not None and not _is_number(actual):
+        if isinstance(actual, float) and math.isnan(actual):
+            return None
+        raise ValueError(f"requirement {req.text!r}: {req.path!r} is {actual!r}, not a number")
+    return None if actual is None else float(actual)
+
+
 def check_requirements(kpis: Mapping[str, Any], requirements: Iterable[str]) -> list[RequirementResult]:
     """Test each requirement '<path><op><number>' against the KPIs (of one run or of :func:`summarise`).
 
@@ -496,25 +572,10 @@ def check_requirements(kpis: Mapping[str, Any], requirements: Iterable[str]) -> 
     not pass because the run produced nothing.
     """
     results = []
-    for req in requirements:
-        m = _REQUIREMENT.match(req)
-        if not m:
-            raise ValueError(f"cannot parse requirement {req!r}; expected {REQUIREMENT_SYNTAX}")
-        path, op, threshold = m["path"], m["op"], float(m["threshold"])
-        actual = get_path(kpis, path)
-        if isinstance(actual, Mapping):
-            raise ValueError(
-                f"requirement {req!r}: {path!r} is a group, not a number; pick one of: "
-                + ", ".join(f"{path}.{k}" for k in actual)
-            )
-        if actual is not None and not _is_number(actual):
-            if isinstance(actual, float) and math.isnan(actual):
-                actual = None
-            else:
-                raise ValueError(f"requirement {req!r}: {path!r} is {actual!r}, not a number")
-        value = None if actual is None else float(actual)
-        ok = value is not None and bool(_OPS[op](value, threshold))
-        results.append(RequirementResult(req, path, op, threshold, value, ok))
+    for text in requirements:
+        req = parse_requirement(text)
+        value = _requirement_value(kpis, req)
+        results.append(RequirementResult(req.text, req.path, req.op, req.threshold, value, req.holds(value)))
     return results
 
 
@@ -607,7 +668,7 @@ def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = 
         grid = np.arange(0.0, end + 1e-9, float(step_days))
         pend = _patient_end(p)
         in_system = _count_inside(_num(p, "referred"), pend, grid)
-        cap = b["coi"].map(dict(zip(p["coi"], pend))).to_numpy(dtype=float)
+        cap = b["coi"].map(dict(zip(p["coi"], pend, strict=True))).to_numpy(dtype=float)
         cap = np.where(np.isnan(cap), np.inf, cap)
         is_open = b["status"].isin(OPEN_BATCH_STATUSES).to_numpy()
         fallback = np.where(is_open, np.inf, _batch_stop(f))
@@ -896,7 +957,7 @@ def _trace_rows(f: dict[str, pd.DataFrame], coi: str) -> list[dict[str, Any]]:
             f"vein-to-vein {_d(_val(r.infused) - _val(r.first_apheresis))} d; attempts {r.attempts}")
         add(r.lost_time, None, "patient", "lost", f"{r.lost_stage}: {r.lost_reason}")
     stops = _batch_stop({"batches": mine["batches"], "steps": mine["steps"], "qc_results": mine["qc_results"]})
-    for r, stop in zip(mine["batches"].itertuples(index=False), stops):
+    for r, stop in zip(mine["batches"].itertuples(index=False), stops, strict=True):
         add(r.received, None, "batch", "received (quarantine)", f"attempt {r.attempt}", r.batch_no)
         add(r.ready, None, "batch", "ready for the suite", f"slot day {_d(_val(r.slot_day))}", r.batch_no)
         add(r.qc_complete, None, "batch", "QC complete", f"oos {bool(r.oos)}", r.batch_no)

@@ -36,10 +36,6 @@ VARY_FORM = "LEVER=V1,V2,... (e.g. suites=4,6,8 or demand.per_year=300,450,600)"
 PRECISION_FORM = "KPI=HALFWIDTH (e.g. vein_to_vein_days.mean=0.5)"
 REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
 _VARY = re.compile(r"^\s*(?P<lever>[A-Za-z_*][\w.*\-]*)\s*=\s*(?P<values>.*\S)\s*$")
-_REQUIRE = re.compile(
-    r"^\s*[A-Za-z_][\w.\-]*?\s*(?:<=|>=|==|!=|<|>)\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$"
-)
-
 
 
 def _out() -> Console:
@@ -53,15 +49,13 @@ BACKEND_HELP = "local: a process pool on this machine; ray: Ray tasks (local Ray
 RAY_HELP = "Ray cluster to use: 'auto' on a cluster node, or ray://head:10001"
 JSON_HELP = "print one JSON object on stdout, no table and no progress bar"
 KPI_HELP = "KPI path to show in the table (repeat; default a standard set); --json has them all"
-
-
-
-
-
-
-
-
-
+# Options every experiment command takes, declared once.
+JOBS_OPTION = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP)
+NO_STORE_OPTION = typer.Option(False, "--no-store", help="do not store the runs")
+BACKEND_OPTION = typer.Option("local", "--backend", help=BACKEND_HELP)
+RAY_OPTION = typer.Option(None, "--ray-address", help=RAY_HELP)
+JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
+KPI_OPTION = typer.Option([], "--kpi", help=KPI_HELP)
 
 
 def parse_vary(options: list[str]) -> dict[str, list[str]]:
@@ -94,10 +88,19 @@ def parse_precision(options: list[str]) -> dict[str, float]:
     return targets
 
 
+def _check_backend(backend: str) -> None:
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+
+
 def _check_requirements(options: list[str]) -> list[str]:
+    from .analysis import RequirementSyntaxError, parse_requirement
+
     for req in options:
-        if not _REQUIRE.match(req):
-            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'")
+        try:
+            parse_requirement(req)
+        except RequirementSyntaxError:
+            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'") from None
     return options
 
 
@@ -185,16 +188,16 @@ def sweep(
     vary: list[str] = typer.Option([], "--vary", help=f"lever values to sweep, {VARY_FORM}; repeat for a grid"),
     replications: int = typer.Option(30, "--replications", "-r", min=1, help="replications per cell "
                                      "(with --precision: the first batch)"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    jobs: int = JOBS_OPTION,
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
-    no_store: bool = typer.Option(False, "--no-store", help="do not store the runs"),
-    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    no_store: bool = NO_STORE_OPTION,
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_OPTION,
+    as_json: bool = JSON_OPTION,
     precision: list[str] = typer.Option([], "--precision", help=f"add replications until the 95% "
                                         f"half-width is this small, {PRECISION_FORM}; repeatable"),
     max_replications: int = typer.Option(200, "--max-replications", min=2, help="cap with --precision"),
-    kpi: list[str] = typer.Option([], "--kpi", help=KPI_HELP),
+    kpi: list[str] = KPI_OPTION,
 ) -> None:
     """Sweep levers over a grid, or over what-if files, with N replications per cell.
 
@@ -204,8 +207,7 @@ def sweep(
 
     levers = parse_vary(vary)
     targets = parse_precision(precision)
-    if backend not in ("local", "ray"):
-        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+    _check_backend(backend)
     loaded = [(f, *load_or_exit(f)) for f in files]
     with _handled(as_json):
         cells = []
@@ -216,70 +218,78 @@ def sweep(
             result = ex.sweep(cells, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
                               progress=progress, ray_address=ray_address, precision=targets or None,
                               max_replications=max_replications)
-    ids = [rid for runs in result.runs for rid, _ in runs if rid is not None]
     if as_json:
-        _print_json({
-            "command": "sweep",
-            "levers": list(levers),
-            "db": None if no_store else db,
-            "precision": targets,
-            "cells": [
-                {
-                    "name": c.name,
-                    "levers": c.levers,
-                    "replications": s["replications"],
-                    "precision_met": met,
-                    "run_ids": [rid for rid, _ in runs],
-                    "kpis": {k: v for k, v in s.items() if k not in ("ci95", "replications")},
-                    "ci95": s["ci95"],
-                }
-                for c, s, met, runs in zip(result.cells, result.summaries, result.precision_met, result.runs)
-            ],
-        })
+        _print_json(_sweep_json(result, list(levers), None if no_store else db, targets))
         return
     shown = list(dict.fromkeys([*(kpi or DEFAULT_KPIS), *targets]))
+    _out().print(_sweep_table(result, list(levers), shown, by_scenario=len(files) > 1 or not levers))
+    if targets and not all(m for m in result.precision_met):
+        err.print("precision not reached in cells marked (cap): raise --max-replications", markup=False)
+    _stored_note(_run_ids(result.runs), db)
+
+
+def _run_ids(runs: list[list[tuple[Any, Any]]]) -> list[Any]:
+    return [rid for group in runs for rid, _ in group if rid is not None]
+
+
+def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[str, float]) -> dict[str, Any]:
+    cells = zip(result.cells, result.summaries, result.precision_met, result.runs, strict=True)
+    return {
+        "command": "sweep",
+        "levers": levers,
+        "db": db,
+        "precision": targets,
+        "cells": [
+            {
+                "name": c.name,
+                "levers": c.levers,
+                "replications": s["replications"],
+                "precision_met": met,
+                "run_ids": [rid for rid, _ in runs],
+                "kpis": {k: v for k, v in s.items() if k not in ("ci95", "replications")},
+                "ci95": s["ci95"],
+            }
+            for c, s, met, runs in cells
+        ],
+    }
+
+
+def _sweep_table(result: Any, levers: list[str], shown: list[str], by_scenario: bool) -> Table:
     table = Table(title=f"sweep: {len(result.cells)} cell(s), mean ± 95% half-width")
-    if len(files) > 1 or not levers:
+    if by_scenario:
         table.add_column("scenario")
     for lever in levers:
         table.add_column(lever, justify="right")
     table.add_column("reps", justify="right")
     for path in shown:
         table.add_column(path, justify="right")
-    for cell, summary, met in zip(result.cells, result.summaries, result.precision_met):
-        row = [cell.name.split("[")[0]] if len(files) > 1 or not levers else []
+    for cell, summary, met in zip(result.cells, result.summaries, result.precision_met, strict=True):
+        row = [cell.name.split("[")[0]] if by_scenario else []
         row += [_fmt(cell.levers.get(lever)) for lever in levers]
         row.append(str(summary["replications"]) + ("" if met in (None, True) else " (cap)"))
         for path in shown:
             row.append(_mean_ci(_get(summary, path), _get(summary.get("ci95", {}), path)))
         table.add_row(*row)
-    _out().print(table)
-    if targets and not all(m for m in result.precision_met):
-        err.print("precision not reached in cells marked (cap): raise --max-replications", markup=False)
-    _stored_note(ids, db)
+    return table
 
 
 def _get(d: Any, path: str) -> Any:
-    from .analysis import get_path
+    from .analysis import value_or_none
 
-    try:
-        v = get_path(d, path)
-    except ValueError:
-        return None
-    return None if isinstance(v, dict) else v
+    return value_or_none(d, path)
 
 
 # ------------------------------------------------------------------------------------------ compare
 def compare(
     files: list[Path] = typer.Argument(..., help="reference scenario first, then what-ifs to compare with it"),
     replications: int = typer.Option(30, "--replications", "-r", min=2, help="paired replications"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    jobs: int = JOBS_OPTION,
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
-    no_store: bool = typer.Option(False, "--no-store", help="do not store the runs"),
-    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    kpi: list[str] = typer.Option([], "--kpi", help=KPI_HELP),
+    no_store: bool = NO_STORE_OPTION,
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_OPTION,
+    as_json: bool = JSON_OPTION,
+    kpi: list[str] = KPI_OPTION,
 ) -> None:
     """Compare what-ifs with a reference scenario, replication by replication.
 
@@ -289,46 +299,53 @@ def compare(
 
     if len(files) < 2:
         raise typer.BadParameter("give a reference scenario and at least one what-if", param_hint="FILES")
-    if backend not in ("local", "ray"):
-        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+    _check_backend(backend)
     scenarios = [load_or_exit(f) for f in files]
     with _handled(as_json):
         engine = None if no_store else open_db(db)
         with _progress(as_json, "compare") as progress:
             result = ex.compare(scenarios, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
                                 progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
-    ids = [rid for runs in result.runs for rid, _ in runs if rid is not None]
     if as_json:
-        _print_json({
-            "command": "compare",
-            "reference": result.names[0],
-            "scenarios": result.names[1:],
-            "replications": replications,
-            "seed": result.seed,
-            "db": None if no_store else db,
-            "differences": result.table,
-            "summaries": dict(zip(result.names, result.summaries)),
-            "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs)},
-        })
+        _print_json(_compare_json(result, replications, None if no_store else db))
         return
-    shown = list(kpi or DEFAULT_KPIS)
     for name in result.names[1:]:
-        rows = result.table[(result.table["scenario"] == name) & (result.table["kpi"].isin(shown))]
-        table = Table(title=f"{name} - {result.names[0]} ({replications} paired replications, common random numbers)")
-        for col, just in (("KPI", "left"), (result.names[0], "right"), (name, "right"),
-                          ("difference", "right"), ("95% interval", "right"), ("significant", "center")):
-            table.add_column(col, justify=just)  # type: ignore[arg-type]
-        for path in shown:
-            match = rows[rows["kpi"] == path]
-            if match.empty:
-                continue
-            r = match.iloc[0].to_dict()
-            interval = "-" if r["ci_low"] is None or _nan(r["ci_low"]) else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-            sig = r["significant"]
-            table.add_row(path, _fmt(r["mean_reference"]), _fmt(r["mean_scenario"]), _fmt(r["difference"]),
-                          interval, "-" if sig is None or _nan(sig) else ("YES" if sig else "no"))
-        _out().print(table)
-    _stored_note(ids, db)
+        _out().print(_compare_table(result, name, list(kpi or DEFAULT_KPIS), replications))
+    _stored_note(_run_ids(result.runs), db)
+
+
+def _compare_json(result: Any, replications: int, db: str | None) -> dict[str, Any]:
+    return {
+        "command": "compare",
+        "reference": result.names[0],
+        "scenarios": result.names[1:],
+        "replications": replications,
+        "seed": result.seed,
+        "db": db,
+        "differences": result.table,
+        "summaries": dict(zip(result.names, result.summaries, strict=True)),
+        "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs, strict=True)},
+    }
+
+
+def _compare_table(result: Any, name: str, shown: list[str], replications: int) -> Table:
+    """One what-if against the reference: each shown KPI's means, difference and paired interval."""
+    rows = result.table[(result.table["scenario"] == name) & (result.table["kpi"].isin(shown))]
+    table = Table(title=f"{name} - {result.names[0]} ({replications} paired replications, common random numbers)")
+    for col, just in (("KPI", "left"), (result.names[0], "right"), (name, "right"),
+                      ("difference", "right"), ("95% interval", "right"), ("significant", "center")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for path in shown:
+        match = rows[rows["kpi"] == path]
+        if match.empty:
+            continue
+        r = match.iloc[0].to_dict()
+        interval = ("-" if r["ci_low"] is None or _nan(r["ci_low"])
+                    else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+        sig = r["significant"]
+        table.add_row(path, _fmt(r["mean_reference"]), _fmt(r["mean_scenario"]), _fmt(r["difference"]),
+                      interval, "-" if sig is None or _nan(sig) else ("YES" if sig else "no"))
+    return table
 
 
 def _nan(v: Any) -> bool:
@@ -345,11 +362,11 @@ def plan(
     lo: int = typer.Option(1, "--min", help="smallest lever value to consider"),
     hi: int = typer.Option(40, "--max", help="largest lever value to consider"),
     replications: int = typer.Option(10, "--replications", "-r", min=1, help="replications per value tried"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    jobs: int = JOBS_OPTION,
     db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
-    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Find the smallest lever value (e.g. suites) that meets every requirement.
 
@@ -360,8 +377,7 @@ def plan(
     _check_requirements(require)
     if lo > hi:
         raise typer.BadParameter(f"--min ({lo}) must be <= --max ({hi})", param_hint="'--min'")
-    if backend not in ("local", "ray"):
-        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+    _check_backend(backend)
     sc, text = load_or_exit(file)
     with _handled(as_json):
         engine = open_db(db)
@@ -370,44 +386,55 @@ def plan(
                              backend=backend, engine=engine, progress=progress,  # type: ignore[arg-type]
                              ray_address=ray_address, source=str(file), base_dir=file.parent)
     if as_json:
-        _print_json({
-            "command": "plan",
-            "scenario": sc.name,
-            "lever": result.lever,
-            "path": result.path,
-            "requirements": result.requirements,
-            "min": lo,
-            "max": hi,
-            "replications": replications,
-            "value": result.value,
-            "met": result.value is not None,
-            "evidence": result.evidence,
-        })
+        _print_json(_plan_json(result, sc.name, lo, hi, replications))
     else:
-        table = Table(title=f"plan {result.lever} ({result.path}) for {sc.name}: every value tried, "
-                            f"{replications} replications each (means ± 95% half-width)")
-        table.add_column(result.lever, justify="right")
-        table.add_column("result")
-        for req in result.requirements:
-            table.add_column(req, justify="right")
-        table.add_column("note")
-        for r in result.evidence.to_dict(orient="records"):
-            cells = [str(r["value"]), str(r["status"])]
-            for req in result.requirements:
-                if r.get(f"{req} ok") is None or _nan(r.get(f"{req} ok")):
-                    cells.append("-")
-                else:
-                    mark = "ok" if r[f"{req} ok"] else "FAIL"
-                    cells.append(f"{_mean_ci(r.get(req), r.get(f'{req} ci95'))} {mark}")
-            cells.append("" if _nan(r.get("note")) else str(r.get("note") or ""))
-            table.add_row(*cells)
-        _out().print(table)
+        _out().print(_plan_table(result, sc.name, replications))
         if result.value is not None:
             _out().print(f"smallest {result.lever} meeting every requirement: {result.value}", markup=False)
         else:
             err.print(f"no value of {result.lever} in [{lo}, {hi}] meets every requirement", markup=False)
     if result.value is None:
         raise typer.Exit(1)
+
+
+def _plan_json(result: Any, scenario: str, lo: int, hi: int, replications: int) -> dict[str, Any]:
+    return {
+        "command": "plan",
+        "scenario": scenario,
+        "lever": result.lever,
+        "path": result.path,
+        "requirements": result.requirements,
+        "min": lo,
+        "max": hi,
+        "replications": replications,
+        "value": result.value,
+        "met": result.value is not None,
+        "evidence": result.evidence,
+    }
+
+
+def _requirement_cell(r: dict[str, Any], req: str) -> str:
+    ok = r.get(f"{req} ok")
+    if ok is None or _nan(ok):
+        return "-"
+    return f"{_mean_ci(r.get(req), r.get(f'{req} ci95'))} {'ok' if ok else 'FAIL'}"
+
+
+def _plan_table(result: Any, scenario: str, replications: int) -> Table:
+    """The evidence: every lever value tried, each requirement's mean ± half-width and verdict."""
+    table = Table(title=f"plan {result.lever} ({result.path}) for {scenario}: every value tried, "
+                        f"{replications} replications each (means ± 95% half-width)")
+    table.add_column(result.lever, justify="right")
+    table.add_column("result")
+    for req in result.requirements:
+        table.add_column(req, justify="right")
+    table.add_column("note")
+    for r in result.evidence.to_dict(orient="records"):
+        cells = [str(r["value"]), str(r["status"])]
+        cells += [_requirement_cell(r, req) for req in result.requirements]
+        cells.append("" if _nan(r.get("note")) else str(r.get("note") or ""))
+        table.add_row(*cells)
+    return table
 
 
 def register(app: typer.Typer) -> None:

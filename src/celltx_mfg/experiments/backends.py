@@ -1,0 +1,266 @@
+"""Where replications run: in this process, in a local process pool, or as Ray tasks.
+
+Workers only simulate and compute KPIs (and pack the records when the parent will store them); the
+scheduler in :mod:`.scheduling` talks to every backend through :class:`ReplicationBackend`, so it
+neither knows nor cares where a replication ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .. import analysis
+from ..config import Scenario
+from ..records import RunRecords
+from ..simulate import simulate
+from .errors import ExperimentError
+
+BackendName = Literal["local", "ray"]
+# What a worker sends back: the run's KPIs and, when the parent stores runs, its packed records.
+Outcome = tuple[dict[str, Any], dict[str, Any] | None]
+_STOP_TIMEOUT_S = 5.0  # how long an aborted pool waits for its stopped workers to exit
+
+
+class ReplicationBackend(Protocol):
+    """What the scheduler needs of a place to run replications. Handles are opaque to it."""
+
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Any:
+        """Start one replication; returns a handle."""
+
+    def wait(self, handles: set[Any]) -> list[Any]:
+        """Block until at least one of ``handles`` has finished; return those that have."""
+
+    def result(self, handle: Any) -> Outcome:
+        """The outcome of a finished replication (a worker's exception is raised here)."""
+
+    def cancel(self, handle: Any) -> None:
+        """Drop a replication whose result is no longer wanted (best effort)."""
+
+    def close(self, abort: bool = False) -> None:
+        """Release the workers; ``abort`` stops running replications instead of waiting for them."""
+
+
+# ------------------------------------------------------------------------------------------ workers
+def pack(records: RunRecords) -> dict[str, Any]:
+    """Records as plain tuples for the trip to the writer: pickling named tuples one by one costs
+    about four times as much, which on a small machine makes the parent the bottleneck."""
+    out = {f.name: getattr(records, f.name) for f in fields(records)}
+    for name, _ in RunRecords.TABLES:
+        out[name] = [tuple(r) for r in out[name]]
+    return out
+
+
+def unpack(packed: dict[str, Any]) -> RunRecords:
+    data = dict(packed)
+    for name, cls in RunRecords.TABLES:
+        data[name] = [cls._make(r) for r in data[name]]
+    return RunRecords(**data)
+
+
+def replicate(scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Outcome:
+    """One replication in a worker: KPIs always, the records only when the parent will store them
+    (shipping a plant-year of records costs more than computing its KPIs)."""
+    records = simulate(scenario, seed=seed, replication=replication)
+    k = analysis.kpis(records.frames(), records.horizon, records.warmup, records.costs or None)
+    return k, (pack(records) if keep_records else None)
+
+
+def _worker_start(pids: Any) -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and keeps what finished; each tells the
+    parent its process id so an aborted pool can be stopped without waiting for running replications."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pids.put(os.getpid())
+
+
+# ------------------------------------------------------------------------------------------- inline
+class InlineBackend:
+    """jobs=1: run each replication in this process, when the scheduler asks for a result."""
+
+    def __init__(self) -> None:
+        self._queue: dict[int, tuple[Any, ...]] = {}
+        self._next = 0
+
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> int:
+        self._next += 1
+        self._queue[self._next] = (scenario, replication, seed, keep_records)
+        return self._next
+
+    def wait(self, handles: set[Any]) -> list[Any]:
+        h = min(handles)
+        self._queue[h] = ("done", replicate(*self._queue[h]))
+        return [h]
+
+    def result(self, handle: Any) -> Outcome:
+        return self._queue.pop(handle)[1]
+
+    def cancel(self, handle: Any) -> None:
+        self._queue.pop(handle, None)
+
+    def close(self, abort: bool = False) -> None:
+        self._queue.clear()
+
+
+# ------------------------------------------------------------------------------------- process pool
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Workers need only this package; without this, multiprocessing re-runs the parent's main script in
+    every worker (a notebook, a Streamlit page or a script with no ``__main__`` guard would run again)."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        if main is not None and "__file__" in saved:
+            delattr(main, "__file__")
+        if main is not None and "__spec__" in saved:
+            main.__spec__ = None  # multiprocessing reads it unguarded
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+def _start_context() -> Any:
+    """A single-threaded parent forks its workers, which start at once with the model already imported;
+    a parent with threads (Ray, a UI) would hand a forked child locks held by threads that do not exist
+    there, so it uses a forkserver that imported the model once (spawn, which pays the import in every
+    worker, only where neither exists)."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class LocalPoolBackend:
+    """A local process pool of ``jobs`` workers whose process ids it keeps, to stop them on Ctrl-C."""
+
+    def __init__(self, jobs: int) -> None:
+        ctx = _start_context()
+        self._pids = ctx.SimpleQueue()
+        self._pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_worker_start, initargs=(self._pids,)
+        )
+
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Future[Outcome]:
+        with _main_script_hidden():  # workers may be started here
+            return self._pool.submit(replicate, scenario, replication, seed, keep_records)
+
+    def wait(self, handles: set[Any]) -> list[Any]:
+        done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, handle: Any) -> Outcome:
+        return handle.result()
+
+    def cancel(self, handle: Any) -> None:
+        handle.cancel()
+
+    def close(self, abort: bool = False) -> None:
+        if not abort:
+            self._pool.shutdown(wait=True)
+        else:  # Ctrl-C: queued work is dropped and running replications are stopped, not waited for
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._stop_workers()
+        self._pids.close()
+
+    def _stop_workers(self) -> None:
+        pids = self._worker_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        # active_children() reaps the children that have exited; wait until ours are among them
+        while time.monotonic() < deadline and any(p.pid in pids for p in mp.active_children()):
+            time.sleep(0.01)
+
+    def _worker_pids(self) -> set[int]:
+        pids = set()
+        with contextlib.suppress(queue.Empty, OSError):
+            while not self._pids.empty():
+                pids.add(self._pids.get())
+        return pids
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+def import_ray() -> Any:
+    """Ray is an optional extra (``pip install celltx-mfg[ray]``)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ExperimentError(f"--backend ray needs Ray (pip install 'celltx-mfg[ray]'): {e}") from None
+    return ray
+
+
+class RayBackend:
+    """Ray tasks on a local Ray (started here, stopped at the end) or on a cluster (``ray_address``:
+    ``auto`` on a cluster node, ``ray://head:10001`` from outside). On a cluster the package source is
+    shipped with the tasks so every node runs the driver's model version."""
+
+    def __init__(self, jobs: int, address: str | None) -> None:
+        ray = import_ray()
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            self._init(jobs, address)
+        self._task = ray.remote(num_cpus=1, max_retries=0)(replicate)
+        self._refs: dict[int, Any] = {}
+
+    def _init(self, jobs: int, address: str | None) -> None:
+        if address:
+            package = str(Path(__file__).resolve().parents[1])
+            self._ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                           runtime_env={"py_modules": [package]})
+        else:
+            self._ray.init(num_cpus=max(1, jobs), include_dashboard=False, ignore_reinit_error=True,
+                           log_to_driver=False)
+        self._started = True
+
+    def _scenario_ref(self, scenario: Scenario) -> Any:
+        """One copy of each scenario in the object store, however many replications use it."""
+        key = id(scenario)
+        if key not in self._refs:
+            self._refs[key] = (scenario, self._ray.put(scenario))
+        return self._refs[key][1]
+
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Any:
+        return self._task.remote(self._scenario_ref(scenario), replication, seed, keep_records)
+
+    def wait(self, handles: set[Any]) -> list[Any]:
+        ready, _ = self._ray.wait(list(handles), num_returns=1)
+        return list(ready)
+
+    def result(self, handle: Any) -> Outcome:
+        return self._ray.get(handle)
+
+    def cancel(self, handle: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._ray.cancel(handle, force=True)
+
+    def close(self, abort: bool = False) -> None:
+        self._refs.clear()
+        if self._started:
+            self._ray.shutdown()
+
+
+def open_backend(name: BackendName, jobs: int, ray_address: str | None = None) -> ReplicationBackend:
+    """The backend for ``name`` and ``jobs``: Ray when asked, else inline for one job, else a pool."""
+    if name == "ray":
+        return RayBackend(jobs, ray_address)
+    if jobs == 1:
+        return InlineBackend()
+    return LocalPoolBackend(jobs)

@@ -1,0 +1,448 @@
+"""Experiment designs: replications of one scenario, lever sweeps, paired comparisons, capacity plans.
+
+One replication of a plant year says little: vein-to-vein time and losses swing with who was referred
+when. Every question a planner asks ("is a 19th suite worth it?", "how many QC analysts keep p90 under
+28 days?") is therefore answered with N replications per scenario, on **common random numbers**:
+replication r of every scenario uses the same run seed, so the same patients arrive on the same days and
+the same batches fail. Differences between scenarios are then driven by the lever, not by luck, and paired
+intervals are far narrower than independent ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import analysis
+from ..config import Scenario, ScenarioError
+from .backends import BackendName
+from .errors import ExperimentError, ExperimentInterrupted
+from .levers import apply_overrides, coerce_value, resolve_lever
+from .scheduling import Progress, ReplicationGroup, Session, make_group
+from .targets import check_kpi_path, check_precision, flatten_kpis, kpi_skeleton
+
+DEFAULT_MAX_REPLICATIONS = 200
+Runs = list[tuple[Any, dict[str, Any]]]  # [(run id or None, KPIs)] in replication order
+
+
+def _run_groups(session: Session, groups: Sequence[ReplicationGroup], partial: Callable[[], Any]) -> None:
+    """Run the groups; Ctrl-C becomes :class:`ExperimentInterrupted` carrying ``partial()``, the result
+    of what finished."""
+    try:
+        session.run(groups)
+    except KeyboardInterrupt:
+        planned = sum(g.planned() for g in groups)
+        raise ExperimentInterrupted(partial(), session.finished, planned, session.stored_run_ids) from None
+
+
+# ------------------------------------------------------------------------------------- replications
+@dataclass
+class ReplicationResult:
+    """Replications 0..N-1 of one scenario: the stored run ids (None when not stored), each run's KPIs
+    and the replication summary (means, ``ci95``, ``replications``)."""
+
+    scenario: Scenario
+    runs: Runs
+    summary: dict[str, Any]
+    precision_met: bool | None
+
+    @property
+    def run_ids(self) -> list[Any]:
+        return [rid for rid, _ in self.runs]
+
+    @property
+    def per_run(self) -> list[dict[str, Any]]:
+        return [k for _, k in self.runs]
+
+
+def replicate_scenario(
+    scenario: Scenario,
+    text: str,
+    replications: int,
+    *,
+    engine: Any = None,
+    db: str | None = None,
+    seed: int | None = None,
+    jobs: int = 1,
+    backend: BackendName = "local",
+    ray_address: str | None = None,
+    progress: Progress | None = None,
+    label: str | None = None,
+    precision: Mapping[str, float] | None = None,
+    max_replications: int = DEFAULT_MAX_REPLICATIONS,
+) -> ReplicationResult:
+    """THE replication path: simulate, store every run whole, compute KPIs and their summary.
+
+    Replication r uses ``replication_seed(seed or scenario.seed, r)`` whatever ``jobs`` or backend, and
+    runs are stored in replication order by one writer, so results and run ids are the same for jobs=1,
+    jobs=8 or a Ray cluster. ``engine`` (an open store) or ``db`` (a path or URL, opened here) says where
+    to store; neither: nothing is stored. ``progress(done, planned)`` is called as runs finish (None:
+    quiet). With ``precision`` ({KPI path: 95% half-width}), ``replications`` is the first batch and more
+    are added until every named half-width is at most its target (or ``max_replications``)."""
+    if engine is None and db is not None:
+        from ..store import open_store
+
+        engine = open_store(db)
+    check_precision(scenario, precision)
+    g = make_group(scenario, text, replications, label, seed, precision, max_replications)
+    with Session(jobs, backend, engine, progress, ray_address) as session:
+        _run_groups(session, [g], lambda: g.results)
+    return ReplicationResult(scenario, g.results, analysis.summarise([k for _, k in g.results]), g.met)
+
+
+def run_replications(
+    scenario: Scenario,
+    text: str,
+    replications: int,
+    jobs: int = 1,
+    backend: BackendName = "local",
+    engine: Any = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    precision: Mapping[str, float] | None = None,
+    max_replications: int = DEFAULT_MAX_REPLICATIONS,
+    seed: int | None = None,
+) -> Runs:
+    """Replications 0..N-1 of one scenario -> [(run_id or None, kpis)] in replication order: the
+    :func:`replicate_scenario` runs, for callers that want just the list."""
+    return replicate_scenario(
+        scenario, text, replications, engine=engine, seed=seed, jobs=jobs, backend=backend,
+        ray_address=ray_address, progress=progress, label=label, precision=precision,
+        max_replications=max_replications,
+    ).runs
+
+
+# -------------------------------------------------------------------------------------------- sweep
+@dataclass(frozen=True)
+class Cell:
+    """One scenario of a sweep: a grid point (``levers`` = the values set) or a what-if file."""
+
+    name: str
+    scenario: Scenario
+    text: str
+    levers: dict[str, Any]
+
+
+def grid(
+    scenario: Scenario,
+    text: str,
+    vary: Mapping[str, Sequence[Any]],
+    source: str = "<scenario>",
+    base_dir: Path | None = None,
+) -> list[Cell]:
+    """Every combination of the lever values (the first lever varies slowest)."""
+    if not vary:
+        return [Cell(scenario.name, scenario, text, {})]
+    for lever, values in vary.items():
+        resolve_lever(lever)
+        if not values:
+            raise ExperimentError(f"lever {lever!r} has no values to vary over")
+    cells = []
+    for combo in itertools.product(*[[coerce_value(v) for v in vs] for vs in vary.values()]):
+        overrides = dict(zip(vary, combo, strict=True))
+        sc, t = apply_overrides(text, overrides, source=source, base_dir=base_dir)
+        cells.append(Cell(sc.name, sc, t, overrides))
+    return cells
+
+
+@dataclass
+class SweepResult:
+    """Per cell: the runs, the replication summary (means, ``ci95``) and whether precision was met."""
+
+    cells: list[Cell]
+    runs: list[Runs]
+    summaries: list[dict[str, Any]]
+    precision_met: list[bool | None]
+
+    @classmethod
+    def of(cls, cells: Sequence[Cell], groups: Sequence[ReplicationGroup]) -> SweepResult:
+        return cls(
+            cells=list(cells),
+            runs=[g.results for g in groups],
+            summaries=[analysis.summarise([k for _, k in g.results]) for g in groups],
+            precision_met=[g.met for g in groups],
+        )
+
+    def _lever_names(self) -> list[str]:
+        names: list[str] = []
+        for c in self.cells:
+            names.extend(k for k in c.levers if k not in names)
+        return names
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per cell: lever values, replications, then each KPI's mean and ``<kpi>.ci95``."""
+        rows = []
+        lever_names = self._lever_names()
+        for cell, summary, met in zip(self.cells, self.summaries, self.precision_met, strict=True):
+            row: dict[str, Any] = {"cell": cell.name}
+            row.update({k: cell.levers.get(k) for k in lever_names})
+            row["replications"] = summary.get("replications", 0)
+            row["precision_met"] = met
+            ci = flatten_kpis(summary.get("ci95", {}))
+            for path, mean in flatten_kpis(summary).items():
+                row[path] = mean
+                row[f"{path}.ci95"] = ci.get(path)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def sweep(
+    cells: Sequence[Cell],
+    replications: int = 30,
+    jobs: int = 1,
+    backend: BackendName = "local",
+    engine: Any = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    precision: Mapping[str, float] | None = None,
+    max_replications: int = DEFAULT_MAX_REPLICATIONS,
+) -> SweepResult:
+    """N replications of every cell on common random numbers (replication r shares its seed in every
+    cell, so cell differences are lever effects). Runs are stored with label = cell name."""
+    if not cells:
+        raise ExperimentError("a sweep needs at least one cell")
+    if precision:
+        check_precision(cells[0].scenario, precision)
+    groups = [make_group(c.scenario, c.text, replications, c.name, None, precision, max_replications) for c in cells]
+    with Session(jobs, backend, engine, progress, ray_address) as session:
+        _run_groups(session, groups, lambda: SweepResult.of(cells, groups))
+    return SweepResult.of(cells, groups)
+
+
+# ------------------------------------------------------------------------------------------ compare
+@dataclass
+class CompareResult:
+    """Paired differences (scenario - reference) per KPI, replication by replication."""
+
+    names: list[str]
+    runs: list[Runs]
+    summaries: list[dict[str, Any]]
+    table: pd.DataFrame
+    seed: int
+
+
+paired_difference = analysis.paired_difference
+
+
+def _values(flat: Sequence[Mapping[str, float | None]], path: str) -> list[float | None]:
+    """One KPI over the replications; a count-group member missing from a run is 0 there."""
+    missing = 0.0 if path.split(".")[0] in analysis.COUNT_MAPS else None
+    return [f.get(path, missing) for f in flat]
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _difference_rows(names: Sequence[str], groups: Sequence[ReplicationGroup],
+                     kpi_paths: Sequence[str] | None) -> list[dict[str, Any]]:
+    flat = [[flatten_kpis(k) for _, k in g.results] for g in groups]
+    rows = []
+    for j in range(1, len(groups)):
+        paths = list(kpi_paths) if kpi_paths else list(dict.fromkeys([*flat[0][0], *flat[j][0]]))
+        for path in paths:
+            a, b = _values(flat[0], path), _values(flat[j], path)
+            rows.append({"reference": names[0], "scenario": names[j], "kpi": path, "mean_reference": _mean(a),
+                         "mean_scenario": _mean(b), **paired_difference(a, b)})
+    return rows
+
+
+def compare(
+    scenarios: Sequence[tuple[Scenario, str]],
+    replications: int = 30,
+    jobs: int = 1,
+    backend: BackendName = "local",
+    engine: Any = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    kpi_paths: Sequence[str] | None = None,
+) -> CompareResult:
+    """Every scenario after the first against the first, on common random numbers: all of them run
+    replication r with the first scenario's seed for r, so the pairs differ only by the change made."""
+    if len(scenarios) < 2:
+        raise ExperimentError("compare needs at least two scenarios: a reference and a what-if")
+    names = [sc.name for sc, _ in scenarios]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"scenario names must differ to be compared: {names}")
+    base_seed = scenarios[0][0].seed
+    if kpi_paths:
+        skeleton = kpi_skeleton(scenarios[0][0])
+        for p in kpi_paths:
+            check_kpi_path(skeleton, p)
+    groups = [make_group(sc, text, replications, sc.name, base_seed, None, replications) for sc, text in scenarios]
+    with Session(jobs, backend, engine, progress, ray_address) as session:
+        _run_groups(session, groups, lambda: [g.results for g in groups])
+    summaries = [analysis.summarise([k for _, k in g.results]) for g in groups]
+    table = pd.DataFrame(_difference_rows(names, groups, kpi_paths))
+    return CompareResult(names, [g.results for g in groups], summaries, table, base_seed)
+
+
+# --------------------------------------------------------------------------------------------- plan
+class PlanStatus(StrEnum):
+    """What one lever value tried in a capacity plan came to."""
+
+    MEETS = "meets"
+    FAILS = "fails"
+    INVALID = "invalid"  # the scenario rules reject the value
+
+
+@dataclass
+class PlanResult:
+    """The smallest lever value meeting every requirement (None if none in range) and the evidence:
+    every value tried, its replication means and whether each requirement held."""
+
+    lever: str
+    path: str
+    requirements: list[str]
+    value: int | None
+    evidence: pd.DataFrame
+    summaries: dict[int, dict[str, Any]]
+    lo: int
+    hi: int
+
+
+class _Planner:
+    """The state of one capacity search: the values tried so far, on one session."""
+
+    def __init__(self, scenario: Scenario, text: str, lever: str, requirements: Sequence[str], replications: int,
+                 source: str, base_dir: Path | None) -> None:
+        self.scenario, self.text, self.lever = scenario, text, lever
+        self.requirements = list(requirements)
+        self.replications = replications
+        self.source, self.base_dir = source, base_dir
+        self.tried: dict[int, dict[str, Any]] = {}
+        self.summaries: dict[int, dict[str, Any]] = {}
+
+    def evaluate(self, session: Session, value: int) -> bool:
+        """Run ``replications`` at this lever value; True when the means meet every requirement."""
+        row: dict[str, Any] = {"value": value}
+        try:
+            sc, t = apply_overrides(self.text, {self.lever: value}, source=self.source, base_dir=self.base_dir)
+        except ScenarioError as e:
+            row.update(status=PlanStatus.INVALID, replications=0, note="; ".join(f"{p}: {m}" for p, m, _ in e.problems))
+            self.tried[value] = row
+            return False
+        g = make_group(sc, t, self.replications, sc.name, self.scenario.seed, None, self.replications)
+        session.run([g])
+        summary = analysis.summarise([k for _, k in g.results])
+        self.summaries[value] = summary
+        try:
+            checks = analysis.check_requirements(summary, self.requirements)
+        except ValueError as e:  # a member of an open group this plant never produced
+            raise ExperimentError(str(e)) from None
+        ok = all(c.ok for c in checks)
+        row.update(status=PlanStatus.MEETS if ok else PlanStatus.FAILS, replications=len(g.results), note="")
+        for c in checks:
+            row[c.requirement] = c.actual
+            row[f"{c.requirement} ci95"] = analysis.value_or_none(summary.get("ci95", {}), c.path)
+            row[f"{c.requirement} ok"] = c.ok
+        self.tried[value] = row
+        return ok
+
+    def search(self, session: Session, lo: int, hi: int) -> int | None:
+        """Gallop up from ``lo`` (lo, lo+1, lo+3, lo+7, ...) to the first value that meets, then bisect
+        between it and the last that failed."""
+        if self.evaluate(session, lo):
+            return lo
+        last_fail, step, first_ok = lo, 1, None
+        while last_fail < hi:
+            v = min(last_fail + step, hi)
+            if self.evaluate(session, v):
+                first_ok = v
+                break
+            last_fail, step = v, step * 2
+        if first_ok is None:
+            return None
+        while first_ok - last_fail > 1:
+            mid = (last_fail + first_ok) // 2
+            if self.evaluate(session, mid):
+                first_ok = mid
+            else:
+                last_fail = mid
+        return first_ok
+
+    def evidence(self) -> pd.DataFrame:
+        return pd.DataFrame([self.tried[v] for v in sorted(self.tried)])
+
+
+def _check_plan(scenario: Scenario, requirements: Sequence[str], lo: int, hi: int) -> None:
+    if not requirements:
+        raise ExperimentError("plan needs at least one requirement, e.g. 'vein_to_vein_days.p90<=28'")
+    if lo > hi:
+        raise ExperimentError(f"--min ({lo}) must be <= --max ({hi})")
+    skeleton = kpi_skeleton(scenario)
+    for text in requirements:
+        try:
+            req = analysis.parse_requirement(text)
+        except analysis.RequirementSyntaxError as e:
+            raise ExperimentError(str(e)) from None
+        check_kpi_path(skeleton, req.path)
+
+
+def plan(
+    scenario: Scenario,
+    text: str,
+    lever: str,
+    requirements: Sequence[str],
+    lo: int = 1,
+    hi: int = 40,
+    replications: int = 10,
+    jobs: int = 1,
+    backend: BackendName = "local",
+    engine: Any = None,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
+    source: str = "<scenario>",
+    base_dir: Path | None = None,
+) -> PlanResult:
+    """Smallest integer value of ``lever`` in [lo, hi] whose replication means meet every requirement.
+
+    Assumes more of the lever never hurts (monotone), so a gallop and a bisection find it. Every value
+    runs the same replication seeds (common random numbers), so neighbouring values are compared on the
+    same patients. A value the scenario rules reject (e.g. fewer operators than an open step needs)
+    counts as failing, with the reason in the evidence."""
+    path = resolve_lever(lever)
+    _check_plan(scenario, requirements, lo, hi)
+    planner = _Planner(scenario, text, lever, requirements, replications, source, base_dir)
+
+    def result(value: int | None) -> PlanResult:
+        return PlanResult(lever, path, list(requirements), value, planner.evidence(), planner.summaries, lo, hi)
+
+    with Session(jobs, backend, engine, progress, ray_address) as session:
+        try:
+            found = planner.search(session, lo, hi)
+        except KeyboardInterrupt:
+            raise ExperimentInterrupted(result(None), session.finished, session.finished,
+                                        session.stored_run_ids) from None
+    return result(found)
+
+
+# --------------------------------------------------------------------------------------------- JSON
+def jsonable(x: Any) -> Any:
+    """Plain JSON values (NaN -> null, numpy scalars -> numbers) for ``--json`` output."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, pd.DataFrame):
+        return [jsonable(r) for r in x.to_dict(orient="records")]
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if x is None or isinstance(x, (int, str)):
+        return x
+    return str(x)

@@ -1,0 +1,71 @@
+"""KPI paths an experiment names (precision targets, requirements, compared KPIs), checked before hours
+of replications are spent, and the precision test that ends a sequential experiment."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import analysis
+from ..config import Scenario
+from ..simulate import simulate
+from .errors import ExperimentError
+
+# KPI groups whose members depend on the plant (resource kinds, loss stages), not on the KPI definitions.
+_OPEN_GROUPS = ("utilisation", "lost_by_stage", "deviations")
+
+
+def flatten_kpis(kpis: Mapping[str, Any]) -> dict[str, float | None]:
+    """Numeric KPI leaves by dotted path (``vein_to_vein_days.p90``); the summary extras are skipped."""
+    return analysis.numeric_kpis(kpis)
+
+
+def kpi_skeleton(scenario: Scenario) -> dict[str, Any]:
+    """The KPI structure this scenario produces (from a two-day run), to check KPI paths named in
+    requirements or precision targets before hours of replications are spent."""
+    short = scenario.model_copy(update={"horizon_days": 2.0, "warmup_days": 0.0})
+    records = simulate(short, replication=0)
+    return analysis.kpis(records.frames(), records.horizon, records.warmup, records.costs or None)
+
+
+def check_kpi_path(skeleton: Mapping[str, Any], path: str) -> None:
+    """Raise ExperimentError unless ``path`` names a numeric KPI (members of utilisation / loss-stage
+    groups are accepted whatever they are called: they appear only when something happens)."""
+    parts = path.split(".")
+    if len(parts) == 2 and parts[0] in _OPEN_GROUPS:
+        return
+    try:
+        value = analysis.get_path(skeleton, path)
+    except ValueError as e:
+        raise ExperimentError(str(e)) from None
+    if isinstance(value, Mapping):
+        raise ExperimentError(f"KPI path {path!r} is a group; pick one of: " + ", ".join(f"{path}.{k}" for k in value))
+
+
+def check_precision(scenario: Scenario, precision: Mapping[str, float] | None) -> None:
+    """Every precision target names a numeric KPI and a half-width > 0."""
+    if not precision:
+        return
+    skeleton = kpi_skeleton(scenario)
+    for path, target in precision.items():
+        check_kpi_path(skeleton, path)
+        if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
+            raise ExperimentError(f"precision target for {path!r} must be a half-width > 0, got {target!r}")
+
+
+def half_widths(per_run: Sequence[Mapping[str, Any]], paths: Sequence[str]) -> dict[str, float | None]:
+    """95% t half-width of each KPI over the replications (None with fewer than two numbers): the
+    same formula as :func:`analysis.summarise`, computed only for the KPIs a precision target names."""
+    out: dict[str, float | None] = {}
+    for path in paths:
+        values = (analysis.get_path(k, path) for k in per_run)
+        xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        out[path] = analysis.ci_half_width(xs)
+    return out
+
+
+def precision_met(per_run: Sequence[Mapping[str, Any]], precision: Mapping[str, float]) -> bool:
+    """Every named half-width is known and at most its target."""
+    hw = half_widths(per_run, list(precision))
+    return all((w := hw[p]) is not None and w <= target for p, target in precision.items())
