@@ -7,19 +7,35 @@ database) with a one-screen message and no traceback.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .cli_common import err, fail, load_or_exit, open_db
+from .cli_common import (
+    BACKEND_OPTION,
+    DB_OPTION,
+    FILE_HELP,
+    JOBS_OPTION,
+    RAY_OPTION,
+    REPLICATIONS_OPTION,
+    SEED_OPTION,
+    check_backend,
+    check_requirement_syntax,
+    err,
+    fail,
+    fmt_value,
+    handled,
+    load_or_exit,
+    open_db,
+    progress_bar,
+)
 
 app = typer.Typer(
     name="celltx",
@@ -31,35 +47,11 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True)
 
-DB_HELP = "database: a SQLite file path or a SQLAlchemy URL (default celltx.db)"
-
-
-class Bad(Exception):
-    """Bad input: message for the user, exit code 2."""
-
-
-
-
-
-
-
-
-
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
 
 
 def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
     """One row per KPI (dotted name), with the 95% half-width when there are replications."""
-    from .analysis import get_path, kpi_items
+    from .analysis import kpi_items, value_or_none
 
     ci = kpis.get("ci95") or {}
     table = Table(title=title, show_lines=False)
@@ -68,65 +60,52 @@ def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
     if ci:
         table.add_column("± 95%", justify="right")
     for key, value in kpi_items(kpis):
-        if ci:
-            try:
-                half = get_path(ci, key)
-            except (ValueError, KeyError, TypeError):
-                half = None
-            table.add_row(key, _fmt(value), _fmt(half) if not isinstance(half, dict) else "")
-        else:
-            table.add_row(key, _fmt(value))
+        row = [key, fmt_value(value)] + ([fmt_value(value_or_none(ci, key))] if ci else [])
+        table.add_row(*row)
     return table
 
 
-def _progress(total: int, quiet: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _replicate(file: Path, db: str | None, seed: int | None, replications: int | None, jobs: int,
+               backend: str, ray_address: str | None, quiet: bool) -> tuple[Any, Any]:
+    """The one replication path (:func:`experiments.replicate_scenario`) as the simulating commands
+    call it: the scenario checked, the store opened, every replication stored whole, KPIs per run."""
+    from .experiments import BackendName, replicate_scenario
 
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, disable=quiet or total <= 1, transient=True,
-    )
+    check_backend(backend)
+    sc, text = load_or_exit(file)
+    engine = open_db(db)
+    n = replications or sc.replications
+    with handled(db), progress_bar(quiet or n <= 1, sc.name) as progress:
+        result = replicate_scenario(sc, text, n, engine=engine, seed=seed, jobs=jobs,
+                                    backend=cast(BackendName, backend), ray_address=ray_address, progress=progress)
+    return sc, result
+
+
+def _headline(result: Any) -> dict[str, Any]:
+    """One run's KPIs as they are; several summarised with their 95% intervals."""
+    per_run = result.per_run
+    return per_run[0] if len(per_run) == 1 else result.summary
 
 
 @app.command()
 def run(
-    file: Path = typer.Argument(..., help="scenario YAML file"),
-    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
-    seed: int | None = typer.Option(None, "--seed", help="base seed (default: the scenario's seed)"),
-    replications: int | None = typer.Option(
-        None, "--replications", "-r", min=1, help="replications (default: the scenario's)"
-    ),
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    db: str = DB_OPTION,
+    seed: int | None = SEED_OPTION,
+    replications: int | None = REPLICATIONS_OPTION,
+    jobs: int = JOBS_OPTION,
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Run a scenario, store every replication whole, print the KPIs (mean and 95% interval)."""
-    from .analysis import kpis as compute_kpis
-    from .analysis import summarise
-    from .simulate import simulate
-    from .store import StoreError, write_run
-
-    sc, text = load_or_exit(file)
-    if seed is not None:
-        sc = sc.model_copy(update={"seed": seed})
-    n = replications or sc.replications
-    engine = open_db(db)
-    run_ids: list[int] = []
-    per_run: list[dict[str, Any]] = []
-    with _progress(n, as_json) as bar:
-        task = bar.add_task(f"{sc.name}", total=n)
-        for r in range(n):
-            records = simulate(sc, replication=r)
-            try:
-                run_ids.append(write_run(engine, sc.name, text, records))
-            except StoreError as e:
-                fail(f"database {db}: {e}")
-            per_run.append(compute_kpis(records.frames(), records.horizon, records.warmup, records.costs))
-            bar.advance(task)
-    result = per_run[0] if n == 1 else summarise(per_run)
+    sc, result = _replicate(file, db, seed, replications, jobs, backend, ray_address, as_json)
+    run_ids, kpis = result.run_ids, _headline(result)
     if as_json:
-        print(json.dumps({"scenario": sc.name, "runs": run_ids, "kpis": result}, default=float))
+        print(json.dumps({"scenario": sc.name, "runs": run_ids, "kpis": kpis}, default=float))
         return
-    title = f"{sc.name}: {n} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {db}"
-    out.print(kpi_table(title, result))
+    title = f"{sc.name}: {len(run_ids)} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {db}"
+    out.print(kpi_table(title, kpis))
 
 
 @app.command()
@@ -184,8 +163,9 @@ def stored_kpis(engine: Any, run_ids: list[int]) -> dict[str, Any]:
 
 @app.command()
 def kpis(
-    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
-    run: list[int] | None = typer.Option(None, "--run", help="run id (repeatable); default: the latest scenario's runs"),
+    db: str = DB_OPTION,
+    run: list[int] | None = typer.Option(
+        None, "--run", help="run id (repeatable); default: the latest scenario's runs"),
     scenario: str | None = typer.Option(None, "--scenario", help="all runs of this scenario name"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -203,7 +183,7 @@ def kpis(
 
 @app.command()
 def export(
-    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    db: str = DB_OPTION,
     fmt: str = typer.Option("csv", "--format", help="csv or parquet"),
     out_dir: Path = typer.Option(Path("export"), "--out", help="output folder (or file for --batch)"),
     run: list[int] | None = typer.Option(None, "--run", help="run id(s); default all"),
@@ -235,34 +215,22 @@ def export(
 
 @app.command()
 def check(
-    file: Path = typer.Argument(..., help="scenario YAML file"),
+    file: Path = typer.Argument(..., help=FILE_HELP),
     require: list[str] = typer.Option(..., "--require", help="e.g. 'vein_to_vein_days.p90<=28' (repeatable)"),
     db: str | None = typer.Option(None, "--db", help="also store the runs here"),
-    replications: int | None = typer.Option(None, "--replications", "-r", min=1),
+    replications: int | None = REPLICATIONS_OPTION,
+    jobs: int = JOBS_OPTION,
+    backend: str = BACKEND_OPTION,
+    ray_address: str | None = RAY_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a scenario and fail (exit 1) when a KPI requirement is not met: a CI gate."""
-    from .analysis import check_requirements, summarise
-    from .analysis import kpis as compute_kpis
-    from .simulate import simulate
+    from .analysis import check_requirements
 
-    sc, text = load_or_exit(file)
-    n = replications or sc.replications
-    engine = open_db(db)
-    per_run = []
-    with _progress(n, as_json) as bar:
-        task = bar.add_task(sc.name, total=n)
-        for r in range(n):
-            records = simulate(sc, replication=r)
-            if engine is not None:
-                from .store import write_run
-
-                write_run(engine, sc.name, text, records)
-            per_run.append(compute_kpis(records.frames(), records.horizon, records.warmup, records.costs))
-            bar.advance(task)
-    result = per_run[0] if n == 1 else summarise(per_run)
+    check_requirement_syntax(require)
+    sc, result = _replicate(file, db, None, replications, jobs, backend, ray_address, as_json)
     try:
-        results = check_requirements(result, require)
+        results = check_requirements(_headline(result), require)
     except ValueError as e:
         fail(f"--require: {e}")
     failed = [r for r in results if not r.ok]
@@ -272,7 +240,7 @@ def check(
     else:
         for r in results:
             mark = "PASS" if r.ok else "FAIL"
-            out.print(f"{mark}  {r.requirement}  (actual {_fmt(r.actual)})", markup=False)
+            out.print(f"{mark}  {r.requirement}  (actual {fmt_value(r.actual)})", markup=False)
     if failed:
         if not as_json:
             err.print(f"{len(failed)} of {len(results)} requirement(s) not met for {sc.name}", markup=False)
@@ -281,7 +249,7 @@ def check(
 
 @app.command()
 def verify(
-    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    db: str = DB_OPTION,
     run: int | None = typer.Option(None, "--run", help="one run id; default all"),
 ) -> None:
     """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
@@ -302,7 +270,7 @@ def verify(
 
 @app.command()
 def dashboard(
-    db: str = typer.Option("celltx.db", "--db", help=DB_HELP),
+    db: str = DB_OPTION,
     port: int = typer.Option(8501, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
 ) -> None:
@@ -318,7 +286,7 @@ def dashboard(
     try:
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
-        raise typer.Exit(0)
+        raise typer.Exit(0) from None
 
 
 @app.command()

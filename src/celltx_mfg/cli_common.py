@@ -1,7 +1,11 @@
-"""What every command shares: turning bad input into a one-screen message and exit code 2."""
+"""What every command shares: options declared once, number formatting, the progress bar, and turning
+bad input into a one-screen message and exit code 2 (never a traceback)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -9,6 +13,31 @@ import typer
 from rich.console import Console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DEFAULT_DB = "celltx.db"  # = store.DEFAULT_DB (a test keeps them equal; importing store here is slow)
+BACKENDS = ("local", "ray")
+REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
+
+FILE_HELP = "scenario YAML file"
+DB_HELP = "database: a SQLite file path or a SQLAlchemy URL such as postgresql+psycopg://user:pw@host/db"
+JOBS_HELP = "worker processes (local) or concurrent Ray tasks; results do not depend on it"
+BACKEND_HELP = "local: a process pool on this machine; ray: Ray tasks (local Ray, or --ray-address)"
+RAY_HELP = "Ray cluster to use: 'auto' on a cluster node, or ray://head:10001"
+JSON_HELP = "print one JSON object on stdout, no table and no progress bar"
+KPI_HELP = "KPI path to show in the table (repeat; default a standard set); --json has them all"
+REPLICATIONS_HELP = "replications (default: the scenario's)"
+SEED_HELP = "base seed (default: the scenario's seed)"
+
+# Options the simulating commands take, declared once.
+DB_OPTION = typer.Option(DEFAULT_DB, "--db", help=DB_HELP)
+JOBS_OPTION = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP)
+NO_STORE_OPTION = typer.Option(False, "--no-store", help="do not store the runs")
+BACKEND_OPTION = typer.Option("local", "--backend", help=BACKEND_HELP)
+RAY_OPTION = typer.Option(None, "--ray-address", help=RAY_HELP)
+JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
+KPI_OPTION = typer.Option([], "--kpi", help=KPI_HELP)
+REPLICATIONS_OPTION = typer.Option(None, "--replications", "-r", min=1, help=REPLICATIONS_HELP)
+SEED_OPTION = typer.Option(None, "--seed", help=SEED_HELP)
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
@@ -38,3 +67,84 @@ def open_db(db: str | None, readonly: bool = False) -> Any:
         return open_store(db, readonly=readonly and "://" not in db)
     except StoreError as e:
         fail(f"database {db}: {e}")
+
+
+def fmt_value(v: Any) -> str:
+    """A KPI for a table: three decimals below 10, one above, thousands separated, '-' for nothing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def check_backend(backend: str) -> None:
+    """``--backend`` is one of :data:`BACKENDS`; anything else exits 2 naming the allowed values."""
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+
+
+def check_requirement_syntax(options: list[str]) -> list[str]:
+    """Every ``--require`` parses, before anything is simulated; a malformed one exits 2."""
+    from .analysis import RequirementSyntaxError, parse_requirement
+
+    for req in options:
+        try:
+            parse_requirement(req)
+        except RequirementSyntaxError:
+            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'") from None
+    return options
+
+
+@contextmanager
+def progress_bar(quiet: bool, description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr (replications done / planned, time left); nothing when ``quiet``."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("replications"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err, transient=True,
+        auto_refresh=False,  # no refresh thread: a single-threaded parent can fork its workers at once
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, refresh=True)
+
+        yield update
+
+
+@contextmanager
+def handled(db: str | None = None) -> Iterator[None]:
+    """Bad input becomes a message and exit 2; Ctrl-C says what was kept and exits 130."""
+    from .config import ScenarioError
+    from .experiments import ExperimentError, ExperimentInterrupted
+
+    try:
+        yield
+    except ScenarioError as e:
+        fail(e.render())
+    except ExperimentError as e:
+        fail(str(e))
+    except ExperimentInterrupted as e:
+        ids = e.stored_run_ids
+        kept = f"; stored run ids {ids[0]}..{ids[-1]}" if ids else ""
+        fail(f"{e}{kept}", 130)
+    except Exception as e:
+        from .store import StoreError
+
+        if isinstance(e, StoreError):
+            fail(f"database {db}: {e}" if db else f"database: {e}")
+        raise

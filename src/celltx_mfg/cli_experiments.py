@@ -11,8 +11,6 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import err, fail, load_or_exit, open_db
+from .cli_common import (
+    BACKEND_OPTION,
+    DB_HELP,
+    DEFAULT_DB,
+    FILE_HELP,
+    JOBS_OPTION,
+    JSON_OPTION,
+    KPI_OPTION,
+    NO_STORE_OPTION,
+    RAY_OPTION,
+    REQUIRE_FORM,
+    check_backend,
+    check_requirement_syntax,
+    err,
+    fmt_value,
+    handled,
+    load_or_exit,
+    open_db,
+    progress_bar,
+)
 
-DEFAULT_DB = "celltx.db"  # = store.DEFAULT_DB (a test keeps them equal; importing store here is slow)
 DEFAULT_KPIS = (
     "patients_infused",
     "patients_lost",
@@ -34,28 +50,12 @@ DEFAULT_KPIS = (
 )
 VARY_FORM = "LEVER=V1,V2,... (e.g. suites=4,6,8 or demand.per_year=300,450,600)"
 PRECISION_FORM = "KPI=HALFWIDTH (e.g. vein_to_vein_days.mean=0.5)"
-REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
 _VARY = re.compile(r"^\s*(?P<lever>[A-Za-z_*][\w.*\-]*)\s*=\s*(?P<values>.*\S)\s*$")
 
 
 def _out() -> Console:
     """stdout console; tables piped to a file or a pager keep their columns instead of 80-char folds."""
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 220)
-
-FILE_HELP = "scenario YAML file"
-DB_HELP = "database: a SQLite file path or a SQLAlchemy URL such as postgresql+psycopg://user:pw@host/db"
-JOBS_HELP = "worker processes (local) or concurrent Ray tasks; results do not depend on it"
-BACKEND_HELP = "local: a process pool on this machine; ray: Ray tasks (local Ray, or --ray-address)"
-RAY_HELP = "Ray cluster to use: 'auto' on a cluster node, or ray://head:10001"
-JSON_HELP = "print one JSON object on stdout, no table and no progress bar"
-KPI_HELP = "KPI path to show in the table (repeat; default a standard set); --json has them all"
-# Options every experiment command takes, declared once.
-JOBS_OPTION = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP)
-NO_STORE_OPTION = typer.Option(False, "--no-store", help="do not store the runs")
-BACKEND_OPTION = typer.Option("local", "--backend", help=BACKEND_HELP)
-RAY_OPTION = typer.Option(None, "--ray-address", help=RAY_HELP)
-JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
-KPI_OPTION = typer.Option([], "--kpi", help=KPI_HELP)
 
 
 def parse_vary(options: list[str]) -> dict[str, list[str]]:
@@ -88,86 +88,10 @@ def parse_precision(options: list[str]) -> dict[str, float]:
     return targets
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in ("local", "ray"):
-        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
-
-
-def _check_requirements(options: list[str]) -> list[str]:
-    from .analysis import RequirementSyntaxError, parse_requirement
-
-    for req in options:
-        try:
-            parse_requirement(req)
-        except RequirementSyntaxError:
-            raise typer.BadParameter(f"{req!r}: expected {REQUIRE_FORM}", param_hint="'--require'") from None
-    return options
-
-
-@contextmanager
-def _progress(quiet: bool, description: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr (replications done / planned, time left); nothing with --json."""
-    if quiet:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("replications"),
-        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err, transient=True,
-        auto_refresh=False,  # no refresh thread: a single-threaded parent can fork its workers at once
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, refresh=True)
-
-        yield update
-
-
-@contextmanager
-def _handled(as_json: bool) -> Iterator[None]:
-    """Bad input becomes a message and exit 2; Ctrl-C says what was kept and exits 130."""
-    from .config import ScenarioError
-    from .experiments import ExperimentError, ExperimentInterrupted
-
-    try:
-        yield
-    except ScenarioError as e:
-        fail(e.render())
-    except ExperimentError as e:
-        fail(str(e))
-    except ExperimentInterrupted as e:
-        ids = e.stored_run_ids
-        kept = f"; stored run ids {ids[0]}..{ids[-1]}" if ids else ""
-        fail(f"{e}{kept}", 130)
-    except Exception as e:
-        from .store import StoreError
-
-        if isinstance(e, StoreError):
-            fail(f"database: {e}")
-        raise
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
 def _mean_ci(mean: Any, hw: Any) -> str:
-    return _fmt(mean) if hw is None or (isinstance(hw, float) and math.isnan(hw)) else f"{_fmt(mean)} ± {_fmt(hw)}"
+    if hw is None or (isinstance(hw, float) and math.isnan(hw)):
+        return fmt_value(mean)
+    return f"{fmt_value(mean)} ± {fmt_value(hw)}"
 
 
 def _print_json(obj: Any) -> None:
@@ -207,14 +131,14 @@ def sweep(
 
     levers = parse_vary(vary)
     targets = parse_precision(precision)
-    _check_backend(backend)
+    check_backend(backend)
     loaded = [(f, *load_or_exit(f)) for f in files]
-    with _handled(as_json):
+    with handled():
         cells = []
         for f, sc, text in loaded:
             cells.extend(ex.grid(sc, text, levers, source=str(f), base_dir=f.parent))
         engine = None if no_store else open_db(db)
-        with _progress(as_json, "sweep") as progress:
+        with progress_bar(as_json, "sweep") as progress:
             result = ex.sweep(cells, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
                               progress=progress, ray_address=ray_address, precision=targets or None,
                               max_replications=max_replications)
@@ -265,7 +189,7 @@ def _sweep_table(result: Any, levers: list[str], shown: list[str], by_scenario: 
         table.add_column(path, justify="right")
     for cell, summary, met in zip(result.cells, result.summaries, result.precision_met, strict=True):
         row = [cell.name.split("[")[0]] if by_scenario else []
-        row += [_fmt(cell.levers.get(lever)) for lever in levers]
+        row += [fmt_value(cell.levers.get(lever)) for lever in levers]
         row.append(str(summary["replications"]) + ("" if met in (None, True) else " (cap)"))
         for path in shown:
             row.append(_mean_ci(_get(summary, path), _get(summary.get("ci95", {}), path)))
@@ -299,11 +223,11 @@ def compare(
 
     if len(files) < 2:
         raise typer.BadParameter("give a reference scenario and at least one what-if", param_hint="FILES")
-    _check_backend(backend)
+    check_backend(backend)
     scenarios = [load_or_exit(f) for f in files]
-    with _handled(as_json):
+    with handled():
         engine = None if no_store else open_db(db)
-        with _progress(as_json, "compare") as progress:
+        with progress_bar(as_json, "compare") as progress:
             result = ex.compare(scenarios, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
                                 progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
     if as_json:
@@ -341,9 +265,9 @@ def _compare_table(result: Any, name: str, shown: list[str], replications: int) 
             continue
         r = match.iloc[0].to_dict()
         interval = ("-" if r["ci_low"] is None or _nan(r["ci_low"])
-                    else f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]")
+                    else f"[{fmt_value(r['ci_low'])}, {fmt_value(r['ci_high'])}]")
         sig = r["significant"]
-        table.add_row(path, _fmt(r["mean_reference"]), _fmt(r["mean_scenario"]), _fmt(r["difference"]),
+        table.add_row(path, fmt_value(r["mean_reference"]), fmt_value(r["mean_scenario"]), fmt_value(r["difference"]),
                       interval, "-" if sig is None or _nan(sig) else ("YES" if sig else "no"))
     return table
 
@@ -374,14 +298,14 @@ def plan(
     (it assumes more capacity never hurts). Exit 1, with the evidence, when no value in range does."""
     from . import experiments as ex
 
-    _check_requirements(require)
+    check_requirement_syntax(require)
     if lo > hi:
         raise typer.BadParameter(f"--min ({lo}) must be <= --max ({hi})", param_hint="'--min'")
-    _check_backend(backend)
+    check_backend(backend)
     sc, text = load_or_exit(file)
-    with _handled(as_json):
+    with handled():
         engine = open_db(db)
-        with _progress(as_json, f"plan {lever}") as progress:
+        with progress_bar(as_json, f"plan {lever}") as progress:
             result = ex.plan(sc, text, lever, require, lo=lo, hi=hi, replications=replications, jobs=jobs,
                              backend=backend, engine=engine, progress=progress,  # type: ignore[arg-type]
                              ray_address=ray_address, source=str(file), base_dir=file.parent)
