@@ -187,3 +187,38 @@ def test_verify(small: Path, tmp_path: Path) -> None:
 
 def test_unwritable_database(small: Path, tmp_path: Path) -> None:
     _bad(runner.invoke(app, ["run", str(small), "--db", str(tmp_path)]), "database")
+
+
+def test_run_stores_the_same_runs_for_any_jobs(tmp_path: Path) -> None:
+    """`celltx run --jobs 2` goes through the one replication path: same runs, same KPIs as one job."""
+    from .test_golden import db_digest
+
+    outs = []
+    for jobs in (1, 2):
+        db = tmp_path / f"j{jobs}.db"
+        res = CliRunner().invoke(app, ["run", str(SCENARIOS / "baseline.yaml"), "--db", str(db), "-r", "3",
+                                       "--jobs", str(jobs), "--json"])
+        assert res.exit_code == 0, res.output
+        outs.append((json.loads(res.stdout), db_digest(db)))
+    (one, d1), (two, d2) = outs
+    assert one == two and one["runs"] == [1, 2, 3]
+    assert d1 == d2
+
+
+def test_check_takes_jobs_and_refuses_a_bad_requirement_before_simulating(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    res = CliRunner().invoke(app, ["check", str(SCENARIOS / "baseline.yaml"), "--require", "vein_to_vein_days.p90<=",
+                                   "--db", str(db), "-r", "2", "--jobs", "2"])
+    assert res.exit_code == 2 and "--require" in res.output
+    assert not db.exists(), "a malformed requirement must be refused before anything is simulated or stored"
+    res = CliRunner().invoke(app, ["check", str(SCENARIOS / "baseline.yaml"), "--require",
+                                   "patients_referred>=1", "-r", "2", "--jobs", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["ok"] is True
+
+
+def test_run_refuses_an_unknown_backend(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["run", str(SCENARIOS / "baseline.yaml"), "--db", str(tmp_path / "b.db"),
+                                   "--backend", "threads"])
+    assert res.exit_code == 2 and "local or ray" in res.output
+
