@@ -69,7 +69,8 @@ for stage in stages:
     fig.add_trace(go.Scatter(x=mean_wip["date"], y=mean_wip[stage], name=stage.replace("_", " "),
                              stackgroup="wip", mode="lines", line=dict(width=0.5, color=c.WIP_COLOURS[stage])))
 fig.add_vline(x=warm_end, line_dash="dot", line_color="grey")
-fig.update_layout(height=360, margin=dict(t=30, b=10), yaxis_title="patients" + (" (mean of runs)" if sel.n > 1 else ""),
+fig.update_layout(height=360, margin=dict(t=30, b=10),
+                  yaxis_title="patients" + (" (mean of runs)" if sel.n > 1 else ""),
                   legend=dict(orientation="h", y=-0.15))
 st.plotly_chart(fig, key="wip_chart")
 st.caption("Waiting for a slot counts referred patients before their first apheresis and between attempts.")

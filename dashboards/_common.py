@@ -19,15 +19,16 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 import yaml
 
 from celltx_mfg import analysis, store
+from celltx_mfg.config import DEFAULT_START_DATE
+from celltx_mfg.store import DEFAULT_DB
 
-DEFAULT_DB = "celltx.db"
 MAX_DEFAULT_RUNS = 10  # replications selected by default (more can be added in the sidebar)
 CREATE_HINT = "celltx run scenarios/baseline.yaml --db {db}"
 WAIT_COLOUR = "#d62728"
@@ -66,7 +67,7 @@ def db_path() -> str:
     return DEFAULT_DB
 
 
-def _sqlite_file(db: str) -> Optional[Path]:
+def _sqlite_file(db: str) -> Path | None:
     """The SQLite file behind a path or sqlite:/// URL; None for other databases (or in-memory)."""
     if "://" not in db:
         return Path(db).expanduser()
@@ -168,7 +169,7 @@ def scenario_start(db: str, run_id: int, version: tuple) -> dt.date:
             return dt.date.fromisoformat(str(value))
     except (yaml.YAMLError, ValueError, AttributeError):
         pass
-    return dt.date(2027, 1, 4)  # config.Scenario's default start date
+    return DEFAULT_START_DATE
 
 
 def to_dates(days: Any, start: dt.date) -> Any:
@@ -362,7 +363,7 @@ def kpi_value(kpis: Mapping[str, Any], path: str) -> tuple[Any, Any]:
 
 
 def tile(col: Any, label: str, kpis: Mapping[str, Any], path: str, digits: int = 1, percent: bool = False,
-         help: Optional[str] = None) -> None:
+         help: str | None = None) -> None:
     """A metric tile; with replications the 95% interval half-width shows under the value."""
     value, half = kpi_value(kpis, path)
     delta = None

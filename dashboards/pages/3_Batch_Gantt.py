@@ -31,7 +31,7 @@ def gantt_rows(db: str, run_ids: tuple[int, ...], version: tuple, run_id: int) -
     u = u[(u["run_id"] == run_id) & u["kind"].isin(KINDS)].copy()
     b = f["batches"]
     b = b[b["run_id"] == run_id]
-    status = dict(zip(b["batch_no"], b["status"]))
+    status = dict(zip(b["batch_no"], b["status"], strict=True))
     u["batch_status"] = u["batch_no"].map(status).fillna("-")
     u["category"] = np.select(
         [u["activity"] == "line_clearance", u["batch_status"].isin(analysis.FAILED_STATUSES),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 import sys
 import time
@@ -18,8 +17,8 @@ import yaml  # noqa: E402
 
 import _common as c  # noqa: E402
 from celltx_mfg import analysis, store  # noqa: E402
-from celltx_mfg.config import ScenarioError, scenario_from_dict, scenario_hash  # noqa: E402
-from celltx_mfg.simulate import simulate  # noqa: E402
+from celltx_mfg.config import ScenarioError, scenario_hash  # noqa: E402
+from celltx_mfg.experiments import ExperimentError, apply_overrides, replicate_scenario  # noqa: E402
 
 WEEKEND = ("sat", "sun")
 WEEKDAY_ORDER = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -51,40 +50,77 @@ def sterility_days(data: dict[str, Any]) -> float | None:
     return None
 
 
-def apply_levers(base: dict[str, Any], levers: dict[str, Any]) -> dict[str, Any]:
-    """The base scenario's mapping with the levers set (the stored text is this mapping's YAML)."""
-    data = copy.deepcopy(base)
-    data.setdefault("demand", {})["per_year"] = float(levers["per_year"])
-    res = data.setdefault("resources", {})
-    res["suites"] = int(levers["suites"])
-    res["incubators"] = int(levers["incubators"])
-    res.setdefault("operators", {})["count"] = int(levers["operators"])
+def lever_overrides(base: dict[str, Any], levers: dict[str, Any]) -> dict[str, Any]:
+    """The levers as lever paths (`experiments.apply_overrides`, as `celltx sweep --vary` uses them):
+    only what differs from the stored scenario, so an unchanged lever leaves its text untouched."""
+    res = base.get("resources") or {}
+    current = {
+        "demand.per_year": float((base.get("demand") or {}).get("per_year", 0)),
+        "resources.suites": int(res.get("suites", 0)),
+        "resources.incubators": int(res.get("incubators", 0)),
+        "resources.operators.count": int((res.get("operators") or {}).get("count", 0)),
+        "release.policy": (base.get("release") or {}).get("policy", "full"),
+    }
+    wanted = {
+        "demand.per_year": float(levers["per_year"]),
+        "resources.suites": int(levers["suites"]),
+        "resources.incubators": int(levers["incubators"]),
+        "resources.operators.count": int(levers["operators"]),
+        "release.policy": levers["policy"],
+    }
+    out: dict[str, Any] = {k: v for k, v in wanted.items() if v != current[k]}
     if levers["weekends"] != weekends_on(base):
-        for name in staff_calendars(data):
-            days = [d for d in data["calendars"][name].get("days", []) if d not in WEEKEND]
-            if levers["weekends"]:
-                days += list(WEEKEND)
-            data["calendars"][name]["days"] = [d for d in WEEKDAY_ORDER if d in days]
+        for name in staff_calendars(base):
+            days = [d for d in base["calendars"][name].get("days", []) if d not in WEEKEND]
+            days += list(WEEKEND) if levers["weekends"] else []
+            out[f"calendars.{name}.days"] = [d for d in WEEKDAY_ORDER if d in days]
     if levers["sterility_days"] is not None and levers["sterility_days"] != sterility_days(base):
-        for t in sterility_tests(data):
-            t["duration"] = {"dist": "fixed", "value": float(levers["sterility_days"])}
-    data.setdefault("release", {})["policy"] = levers["policy"]
-    return data
+        for t in sterility_tests(base):
+            out[f"qc.tests.{t['name']}.duration"] = {"dist": "fixed", "value": float(levers["sterility_days"])}
+    return out
+
+
+def what_if(base_text: str, base_name: str, overrides: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """The what-if scenario, its stored text and its mapping, named after the base and a fingerprint of
+    its content, so the same levers on the same scenario always land in the same stored scenario."""
+    root = re.sub(r"-whatif-[0-9a-f]+$", "", base_name)
+    _, plain = apply_overrides(base_text, {**overrides, "name": root}, name_suffix="")
+    name = f"{root}-whatif-{scenario_hash(plain)[:8]}"
+    diff = changes(yaml.safe_load(base_text), yaml.safe_load(plain))
+    described = {**overrides, "name": name,
+                 "description": f"What-if of {base_name}: " + ("; ".join(diff) if diff else "no change")}
+    scenario, text = apply_overrides(base_text, described, name_suffix="", source=name)
+    return scenario, text, yaml.safe_load(text)
+
+
+def stored_prefix(runs: pd.DataFrame, content: str) -> dict[int, int]:
+    """Replication -> run id of the what-if's runs already stored, 0, 1, ... without a gap."""
+    mine = runs[runs["scenario_hash"] == content]
+    have = {int(r["replication"]): int(r["id"]) for _, r in mine.iterrows()}
+    prefix: dict[int, int] = {}
+    while len(prefix) in have:
+        prefix[len(prefix)] = have[len(prefix)]
+    return prefix
+
+
+def _lever_values(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    res = data.get("resources") or {}
+    return [
+        ("demand per year", (data.get("demand") or {}).get("per_year")),
+        ("suites", res.get("suites")),
+        ("incubators", res.get("incubators")),
+        ("operators", (res.get("operators") or {}).get("count")),
+        ("weekend shifts", weekends_on(data)),
+        ("sterility test days", sterility_days(data)),
+        ("release policy", (data.get("release") or {}).get("policy", "full")),
+    ]
 
 
 def changes(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What the planner changed, in words, for the page and the what-if's description."""
     out = []
-    pairs = [
-        ("demand per year", base["demand"].get("per_year"), new["demand"]["per_year"]),
-        ("suites", base["resources"].get("suites"), new["resources"]["suites"]),
-        ("incubators", base["resources"].get("incubators"), new["resources"]["incubators"]),
-        ("operators", base["resources"]["operators"].get("count"), new["resources"]["operators"]["count"]),
-        ("weekend shifts", weekends_on(base), weekends_on(new)),
-        ("sterility test days", sterility_days(base), sterility_days(new)),
-        ("release policy", (base.get("release") or {}).get("policy", "full"), new["release"]["policy"]),
-    ]
-    for label, a, b in pairs:
-        if a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)):
+    for (label, a), (_, b) in zip(_lever_values(base), _lever_values(new), strict=True):
+        if a != b and not (isinstance(a, int | float) and isinstance(b, int | float) and float(a) == float(b)):
             out.append(f"{label}: {a} → {b}")
     return out
 
@@ -135,27 +171,23 @@ reps = int(sb.number_input("Replications", min_value=1, max_value=100, value=min
                            step=1, key=f"wi_reps::{h}",
                            help="Replication r uses the same random numbers as the original's replication r."))
 
-new = apply_levers(base, levers)
-diff = changes(base, new)
-root = re.sub(r"-whatif-[0-9a-f]+$", "", sel.name)
-new["name"] = root
-fingerprint = scenario_hash(yaml.safe_dump(new, sort_keys=False))[:8]
-new["name"] = f"{root}-whatif-{fingerprint}"
-new["description"] = f"What-if of {sel.name}: " + ("; ".join(diff) if diff else "no change")
-
-st.subheader("Changes")
-if diff:
-    st.markdown("\n".join(f"- {d}" for d in diff))
-else:
-    st.info("No lever differs from the stored scenario yet: change one in the sidebar.")
-
+overrides = lever_overrides(base, levers)
 problem = None
 scenario = None
 text = ""
+new: dict[str, Any] = {"name": sel.name}
+diff: list[str] = []
 try:
-    scenario, text = scenario_from_dict(new, source=new["name"])
-except ScenarioError as e:
-    problem = e.render()
+    scenario, text, new = what_if(base_text, sel.name, overrides)
+    diff = changes(base, new)
+except (ScenarioError, ExperimentError) as e:
+    problem = e.render() if isinstance(e, ScenarioError) else str(e)
+
+st.subheader("Changes")
+if diff or problem:
+    st.markdown("\n".join(f"- {d}" for d in diff or [f"{k}: {v}" for k, v in overrides.items()]))
+else:
+    st.info("No lever differs from the stored scenario yet: change one in the sidebar.")
 if problem:
     st.error("This what-if is not a valid scenario:")
     st.code(problem, language="text")
@@ -163,24 +195,25 @@ if problem:
 clicked = st.button("Run", type="primary", disabled=bool(problem) or not diff, key="wi_run",
                     help=f"Simulate {reps} replication(s) of {new['name']} and store them in {db}.")
 if clicked and scenario is not None:
-    content = scenario_hash(text)
-    mine = runs[runs["scenario_hash"] == content]
-    have = {int(r["replication"]): int(r["id"]) for _, r in mine.iterrows()}
-    todo = [r for r in range(reps) if r not in have]
+    have = stored_prefix(runs, scenario_hash(text))
+    todo = max(0, reps - len(have))
     bar = st.progress(0.0, text=f"Simulating {new['name']} ...")
-    engine = c.write_engine(db)
     t0 = time.perf_counter()
-    new_ids = dict(have)
+
+    def advance(done: int, planned: int) -> None:
+        bar.progress(done / max(planned, 1), text=f"Replication {len(have) + done} of {reps} stored ...")
+
     try:
-        for i, r in enumerate(todo):
-            bar.progress(i / max(len(todo), 1), text=f"Replication {r + 1} of {reps}: simulating ...")
-            records = simulate(scenario, replication=r)
-            new_ids[r] = store.write_run(engine, scenario.name, text, records, label="what-if")
-        bar.progress(1.0, text=f"Done: {len(todo)} run(s) simulated and stored in {time.perf_counter() - t0:.1f} s"
+        ids = dict(have)
+        if todo:  # the one replication path, as `celltx run` and the experiment commands take it
+            result = replicate_scenario(scenario, text, todo, engine=c.write_engine(db), label="what-if",
+                                        progress=advance, first=len(have))
+            ids.update({len(have) + k: rid for k, rid in enumerate(result.run_ids)})
+        bar.progress(1.0, text=f"Done: {todo} run(s) simulated and stored in {time.perf_counter() - t0:.1f} s"
                      + (f"; {len(have)} already stored" if have else ""))
         st.session_state["whatif_result"] = {
             "base": sel.scenario, "base_ids": sel.run_ids, "name": scenario.name,
-            "ids": tuple(sorted(new_ids[r] for r in range(reps))), "changes": diff,
+            "ids": tuple(sorted(ids[r] for r in range(reps))), "changes": diff,
         }
     except store.StoreError as e:
         st.error(f"The runs could not be stored: {e}")

@@ -12,9 +12,11 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from . import DEFAULT_DB as DEFAULT_DB
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DEFAULT_DB = "celltx.db"  # = store.DEFAULT_DB (a test keeps them equal; importing store here is slow)
+
 BACKENDS = ("local", "ray")
 REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
 

@@ -78,6 +78,7 @@ def replicate_scenario(
     label: str | None = None,
     precision: Mapping[str, float] | None = None,
     max_replications: int = DEFAULT_MAX_REPLICATIONS,
+    first: int = 0,
 ) -> ReplicationResult:
     """THE replication path: simulate, store every run whole, compute KPIs and their summary.
 
@@ -86,13 +87,14 @@ def replicate_scenario(
     jobs=8 or a Ray cluster. ``engine`` (an open store) or ``db`` (a path or URL, opened here) says where
     to store; neither: nothing is stored. ``progress(done, planned)`` is called as runs finish (None:
     quiet). With ``precision`` ({KPI path: 95% half-width}), ``replications`` is the first batch and more
-    are added until every named half-width is at most its target (or ``max_replications``)."""
+    are added until every named half-width is at most its target (or ``max_replications``). ``first``
+    numbers the replications from there (a what-if adding replications to those already stored)."""
     if engine is None and db is not None:
         from ..store import open_store
 
         engine = open_store(db)
     check_precision(scenario, precision)
-    g = make_group(scenario, text, replications, label, seed, precision, max_replications)
+    g = make_group(scenario, text, replications, label, seed, precision, max_replications, first)
     with Session(jobs, backend, engine, progress, ray_address) as session:
         _run_groups(session, [g], lambda: g.results)
     return ReplicationResult(scenario, g.results, analysis.summarise([k for _, k in g.results]), g.met)

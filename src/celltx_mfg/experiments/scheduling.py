@@ -52,6 +52,7 @@ class ReplicationGroup:
     n_min: int
     n_max: int
     precision: dict[str, float] | None
+    first: int = 0  # replication number of the group's first run (a what-if adding to stored ones)
     results: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
     buffer: dict[int, Outcome] = field(default_factory=dict)
     submitted: int = 0
@@ -87,6 +88,7 @@ def make_group(
     seed: int | None,
     precision: Mapping[str, float] | None,
     max_replications: int,
+    first: int = 0,
 ) -> ReplicationGroup:
     """A group of ``replications`` (with precision: at least that many, at most ``max_replications``)."""
     if replications < 1:
@@ -105,6 +107,7 @@ def make_group(
         n_min=n_min,
         n_max=n_max,
         precision=dict(precision) if precision else None,
+        first=first,
     )
 
 
@@ -140,7 +143,7 @@ class _Pass:
             if gi != self.head and len(self.in_flight) + buffered >= self.cap:
                 return None
             if g.wants_more(self.session.jobs):
-                return gi, g.submitted
+                return gi, g.first + g.submitted
         return None
 
     def _fill(self) -> None:
@@ -168,8 +171,8 @@ class _Pass:
             self.head += 1
 
     def _store_ready(self, g: ReplicationGroup) -> None:
-        while not g.done and len(g.results) in g.buffer:
-            k, records = g.buffer.pop(len(g.results))
+        while not g.done and g.first + len(g.results) in g.buffer:
+            k, records = g.buffer.pop(g.first + len(g.results))
             with _sigint_deferred():
                 g.results.append((self.session.store(g, records), k))
                 self.session.finished += 1

@@ -15,11 +15,11 @@ from sqlalchemy import CheckConstraint, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 from sqlmodel.main import SQLModelMetaclass
 
+from .. import DEFAULT_DB as DEFAULT_DB
 from ..records import RunRecords
 from ._common import _q
 from .hashing import RowBody, RowChain, compile_row_code
 
-DEFAULT_DB = "celltx.db"
 SCHEMA_VERSION = 1  # PRAGMA user_version of a store this module created
 
 RESOURCE_KINDS = ("suite", "incubator", "closed_device", "freezer", "operators", "qc_analysts",
