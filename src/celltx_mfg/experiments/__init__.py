@@ -45,7 +45,7 @@ from .designs import (
 )
 from .errors import ExperimentError, ExperimentInterrupted
 from .levers import LEVERS, apply_overrides, coerce_value, resolve_lever, set_path
-from .scheduling import Progress, ReplicationGroup, Session, make_group
+from .scheduling import Execution, Progress, ReplicationGroup, Session, make_group
 from .targets import check_kpi_path, check_precision, flatten_kpis, half_widths, kpi_skeleton, precision_met
 
 Backend = BackendName  # the name this Literal had before backends became a protocol
@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_MAX_REPLICATIONS",
     "LEVERS",
     "Backend",
+    "Execution",
     "BackendName",
     "Cell",
     "CompareResult",

@@ -16,17 +16,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import pandas as pd
 
 from .. import analysis
 from ..config import Scenario, ScenarioError
-from .backends import BackendName
 from .errors import ExperimentError, ExperimentInterrupted
 from .levers import apply_overrides, coerce_value, resolve_lever
-from .scheduling import Progress, ReplicationGroup, Session, make_group
+from .scheduling import Execution, ReplicationGroup, Session, make_group
 from .targets import check_kpi_path, check_precision, flatten_kpis, kpi_skeleton
 
 DEFAULT_MAX_REPLICATIONS = 200
@@ -68,17 +67,13 @@ def replicate_scenario(
     text: str,
     replications: int,
     *,
-    engine: Any = None,
     db: str | None = None,
     seed: int | None = None,
-    jobs: int = 1,
-    backend: BackendName = "local",
-    ray_address: str | None = None,
-    progress: Progress | None = None,
     label: str | None = None,
     precision: Mapping[str, float] | None = None,
     max_replications: int = DEFAULT_MAX_REPLICATIONS,
     first: int = 0,
+    **execution: Unpack[Execution],
 ) -> ReplicationResult:
     """THE replication path: simulate, store every run whole, compute KPIs and their summary.
 
@@ -89,13 +84,13 @@ def replicate_scenario(
     quiet). With ``precision`` ({KPI path: 95% half-width}), ``replications`` is the first batch and more
     are added until every named half-width is at most its target (or ``max_replications``). ``first``
     numbers the replications from there (a what-if adding replications to those already stored)."""
-    if engine is None and db is not None:
+    if execution.get("engine") is None and db is not None:
         from ..store import open_store
 
-        engine = open_store(db)
+        execution["engine"] = open_store(db)
     check_precision(scenario, precision)
     g = make_group(scenario, text, replications, label, seed, precision, max_replications, first)
-    with Session(jobs, backend, engine, progress, ray_address) as session:
+    with Session.of(execution) as session:
         _run_groups(session, [g], lambda: g.results)
     return ReplicationResult(scenario, g.results, analysis.summarise([k for _, k in g.results]), g.met)
 
@@ -104,23 +99,16 @@ def run_replications(
     scenario: Scenario,
     text: str,
     replications: int,
-    jobs: int = 1,
-    backend: BackendName = "local",
-    engine: Any = None,
     label: str | None = None,
-    progress: Progress | None = None,
-    ray_address: str | None = None,
     precision: Mapping[str, float] | None = None,
     max_replications: int = DEFAULT_MAX_REPLICATIONS,
     seed: int | None = None,
+    **execution: Unpack[Execution],
 ) -> Runs:
     """Replications 0..N-1 of one scenario -> [(run_id or None, kpis)] in replication order: the
     :func:`replicate_scenario` runs, for callers that want just the list."""
-    return replicate_scenario(
-        scenario, text, replications, engine=engine, seed=seed, jobs=jobs, backend=backend,
-        ray_address=ray_address, progress=progress, label=label, precision=precision,
-        max_replications=max_replications,
-    ).runs
+    return replicate_scenario(scenario, text, replications, seed=seed, label=label, precision=precision,
+                              max_replications=max_replications, **execution).runs
 
 
 # -------------------------------------------------------------------------------------------- sweep
@@ -201,13 +189,9 @@ class SweepResult:
 def sweep(
     cells: Sequence[Cell],
     replications: int = 30,
-    jobs: int = 1,
-    backend: BackendName = "local",
-    engine: Any = None,
-    progress: Progress | None = None,
-    ray_address: str | None = None,
     precision: Mapping[str, float] | None = None,
     max_replications: int = DEFAULT_MAX_REPLICATIONS,
+    **execution: Unpack[Execution],
 ) -> SweepResult:
     """N replications of every cell on common random numbers (replication r shares its seed in every
     cell, so cell differences are lever effects). Runs are stored with label = cell name."""
@@ -216,7 +200,7 @@ def sweep(
     if precision:
         check_precision(cells[0].scenario, precision)
     groups = [make_group(c.scenario, c.text, replications, c.name, None, precision, max_replications) for c in cells]
-    with Session(jobs, backend, engine, progress, ray_address) as session:
+    with Session.of(execution) as session:
         _run_groups(session, groups, lambda: SweepResult.of(cells, groups))
     return SweepResult.of(cells, groups)
 
@@ -263,12 +247,8 @@ def _difference_rows(names: Sequence[str], groups: Sequence[ReplicationGroup],
 def compare(
     scenarios: Sequence[tuple[Scenario, str]],
     replications: int = 30,
-    jobs: int = 1,
-    backend: BackendName = "local",
-    engine: Any = None,
-    progress: Progress | None = None,
-    ray_address: str | None = None,
     kpi_paths: Sequence[str] | None = None,
+    **execution: Unpack[Execution],
 ) -> CompareResult:
     """Every scenario after the first against the first, on common random numbers: all of them run
     replication r with the first scenario's seed for r, so the pairs differ only by the change made."""
@@ -283,7 +263,7 @@ def compare(
         for p in kpi_paths:
             check_kpi_path(skeleton, p)
     groups = [make_group(sc, text, replications, sc.name, base_seed, None, replications) for sc, text in scenarios]
-    with Session(jobs, backend, engine, progress, ray_address) as session:
+    with Session.of(execution) as session:
         _run_groups(session, groups, lambda: [g.results for g in groups])
     summaries = [analysis.summarise([k for _, k in g.results]) for g in groups]
     table = pd.DataFrame(_difference_rows(names, groups, kpi_paths))
@@ -400,13 +380,9 @@ def plan(
     lo: int = 1,
     hi: int = 40,
     replications: int = 10,
-    jobs: int = 1,
-    backend: BackendName = "local",
-    engine: Any = None,
-    progress: Progress | None = None,
-    ray_address: str | None = None,
     source: str = "<scenario>",
     base_dir: Path | None = None,
+    **execution: Unpack[Execution],
 ) -> PlanResult:
     """Smallest integer value of ``lever`` in [lo, hi] whose replication means meet every requirement.
 
@@ -421,7 +397,7 @@ def plan(
     def result(value: int | None) -> PlanResult:
         return PlanResult(lever, path, list(requirements), value, planner.evidence(), planner.summaries, lo, hi)
 
-    with Session(jobs, backend, engine, progress, ray_address) as session:
+    with Session.of(execution) as session:
         try:
             found = planner.search(session, lo, hi)
         except KeyboardInterrupt:

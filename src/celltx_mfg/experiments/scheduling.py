@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from ..config import Scenario
 from ..distributions import replication_seed
@@ -194,6 +194,17 @@ class _Pass:
             self.backend.cancel(h)
 
 
+class Execution(TypedDict, total=False):
+    """Where and how replications run: any mix gives the same results and run ids. Every design takes
+    these as keyword arguments (``jobs=2, backend="ray", engine=..., progress=..., ray_address=...``)."""
+
+    jobs: int
+    backend: BackendName
+    engine: Any  # an open store, or None: nothing stored
+    progress: Progress | None
+    ray_address: str | None
+
+
 class Session:
     """One backend (process pool or Ray) kept alive across every scenario of an experiment, so a
     sweep or a capacity search pays the worker start-up once."""
@@ -219,6 +230,11 @@ class Session:
         self.planned_before = 0
         self.stored_run_ids: list[Any] = []
         self._pool: ReplicationBackend | None = None
+
+    @classmethod
+    def of(cls, execution: Execution) -> Session:
+        return cls(execution.get("jobs", 1), execution.get("backend", "local"), execution.get("engine"),
+                   execution.get("progress"), execution.get("ray_address"))
 
     def __enter__(self) -> Session:
         return self
