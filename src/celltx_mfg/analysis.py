@@ -224,73 +224,91 @@ def kpis(
     if not horizon > warmup:
         raise ValueError(f"horizon ({horizon}) must be greater than warmup ({warmup})")
     f = {n: _table(frames, n) for n in _COLUMNS}
-    window_years = (horizon - warmup) / DAYS_PER_YEAR
-
-    patients = f["patients"]
-    cohort = _cohort(patients, warmup, horizon)
-    status = cohort["status"].to_numpy(dtype=object)
-    infused = status == "infused"
-    lost = status == "lost"
-
-    infused_at = _num(patients, "infused")
-    n_infusions = int(((infused_at >= warmup) & (infused_at < horizon)).sum())
-
-    v2v = (_num(cohort, "infused") - _num(cohort, "first_apheresis"))[infused]
-    v2v = v2v[np.isfinite(v2v)]
-    on_time = float((v2v <= target_days).mean()) if v2v.size else None
-    slot_wait = _num(cohort, "first_apheresis") - _num(cohort, "referred")
-
+    cohort = _cohort(f["patients"], warmup, horizon)
     batches = f["batches"]
     batches = batches[batches["coi"].isin(set(cohort["coi"]))]
-    mfg_start = _num(batches, "mfg_start")
-    started = np.isfinite(mfg_start)
+    counts = _patient_counts(cohort, f["patients"], warmup, horizon)
+    lost = cohort[cohort["status"].to_numpy(dtype=object) == "lost"]
+    return {
+        "window_days": float(horizon - warmup),
+        **counts,
+        **_batch_outcomes(batches),
+        **_turnaround(cohort, batches, target_days),
+        **_cost_kpis(costs, counts["infusions_in_window"]),
+        "utilisation": _utilisation(f["resource_uses"], f["resources"], warmup, horizon),
+        "deviations": _deviation_counts(f["deviations"], warmup, horizon),
+        "lost_by_stage": _value_counts(lost, "lost_stage"),
+        "oos_released": int((_flag(batches, "oos") & np.isfinite(_num(batches, "released"))).sum()),
+        "recalls": int(_flag(batches, "recalled").sum()),
+    }
+
+
+def _value_counts(df: pd.DataFrame, column: str) -> dict[str, int]:
+    return {str(k): int(n) for k, n in _text(df, column).value_counts().items()}
+
+
+def _patient_counts(cohort: pd.DataFrame, patients: pd.DataFrame, warmup: float, horizon: float) -> dict[str, Any]:
+    """Where the cohort's patients are, and infusions in the window whenever they were referred."""
+    status = cohort["status"].to_numpy(dtype=object)
+    infused_at = _num(patients, "infused")
+    n_infusions = int(((infused_at >= warmup) & (infused_at < horizon)).sum())
+    return {
+        "patients_referred": int(len(cohort)),
+        "patients_infused": int((status == "infused").sum()),
+        "patients_lost": int((status == "lost").sum()),
+        "patients_in_progress": int((status == "in_progress").sum()),
+        "patients_remanufactured": int((_num(cohort, "attempts") > 1).sum()),
+        "infusions_in_window": n_infusions,
+        "throughput_per_year": float(n_infusions / ((horizon - warmup) / DAYS_PER_YEAR)),
+    }
+
+
+def _batch_outcomes(batches: pd.DataFrame) -> dict[str, Any]:
+    """Started and failed cohort batches; the failure rate counts only batches that started."""
+    started = np.isfinite(_num(batches, "mfg_start"))
     failed = batches["status"].isin(FAILED_STATUSES).to_numpy()
     n_started = int(started.sum())
-
-    cost_total = float(sum(costs.values())) if costs else None
-    cost_per_infused = cost_total / n_infusions if cost_total is not None and n_infusions else None
-
-    deviations = f["deviations"]
-    dev_time = _num(deviations, "time")
-    dev_in = deviations[(dev_time >= warmup) & (dev_time < horizon)]
-    by_severity = {s: 0 for s in SEVERITIES}
-    for sev, n in _text(dev_in, "severity").value_counts().items():
-        by_severity[str(sev)] = int(n)
-
-    lost_by_stage = {str(k): int(n) for k, n in _text(cohort[lost], "lost_stage").value_counts().items()}
     failed_batches = batches[failed]
     reasons = _text(failed_batches, "failure_reason").where(
         (failed_batches["status"] != "expired") | failed_batches["failure_reason"].notna(), "expired"
     )
-    failed_by_reason = {str(k): int(n) for k, n in reasons.value_counts().items()}
-
     return {
-        "window_days": float(horizon - warmup),
-        "patients_referred": int(len(cohort)),
-        "patients_infused": int(infused.sum()),
-        "patients_lost": int(lost.sum()),
-        "patients_in_progress": int((status == "in_progress").sum()),
-        "patients_remanufactured": int((_num(cohort, "attempts") > 1).sum()),
-        "infusions_in_window": n_infusions,
-        "throughput_per_year": float(n_infusions / window_years),
         "batches_started": n_started,
         "batches_failed": int(failed.sum()),
-        "failed_by_reason": failed_by_reason,
+        "failed_by_reason": {str(k): int(n) for k, n in reasons.value_counts().items()},
         "manufacturing_failure_rate": float((failed & started).sum() / n_started) if n_started else None,
+    }
+
+
+def _turnaround(cohort: pd.DataFrame, batches: pd.DataFrame, target_days: float) -> dict[str, Any]:
+    """Vein-to-vein from the FIRST apheresis (a re-manufactured patient counts the whole ordeal), the
+    on-time share, manufacturing time and the waits for a slot and for a suite."""
+    infused = cohort["status"].to_numpy(dtype=object) == "infused"
+    v2v = (_num(cohort, "infused") - _num(cohort, "first_apheresis"))[infused]
+    v2v = v2v[np.isfinite(v2v)]
+    mfg_start = _num(batches, "mfg_start")
+    return {
         "vein_to_vein_days": _stats(v2v, ("mean", "p50", "p90", "max")),
         "on_time_target_days": float(target_days),
-        "on_time_share": on_time,
+        "on_time_share": float((v2v <= target_days).mean()) if v2v.size else None,
         "manufacturing_days": _stats(_num(batches, "mfg_end") - mfg_start, ("mean", "p50", "p90")),
-        "wait_for_slot_days": _stats(slot_wait, ("mean", "p90")),
+        "wait_for_slot_days": _stats(_num(cohort, "first_apheresis") - _num(cohort, "referred"), ("mean", "p90")),
         "wait_for_suite_days": _stats(mfg_start - _num(batches, "ready"), ("mean", "p90")),
-        "cost_total": cost_total,
-        "cost_per_infused_patient": cost_per_infused,
-        "utilisation": _utilisation(f["resource_uses"], f["resources"], warmup, horizon),
-        "deviations": by_severity,
-        "lost_by_stage": lost_by_stage,
-        "oos_released": int((_flag(batches, "oos") & np.isfinite(_num(batches, "released"))).sum()),
-        "recalls": int(_flag(batches, "recalled").sum()),
     }
+
+
+def _cost_kpis(costs: Mapping[str, float] | None, n_infusions: int) -> dict[str, Any]:
+    cost_total = float(sum(costs.values())) if costs else None
+    per_infused = cost_total / n_infusions if cost_total is not None and n_infusions else None
+    return {"cost_total": cost_total, "cost_per_infused_patient": per_infused}
+
+
+def _deviation_counts(deviations: pd.DataFrame, warmup: float, horizon: float) -> dict[str, int]:
+    """Deviations in the window by severity; every severity is there, zero or not."""
+    t = _num(deviations, "time")
+    by_severity = {s: 0 for s in SEVERITIES}
+    by_severity.update(_value_counts(deviations[(t >= warmup) & (t < horizon)], "severity"))
+    return by_severity
 
 
 def _available_by_kind(resources: pd.DataFrame) -> dict[str, tuple[float, float]]:
