@@ -351,15 +351,8 @@ def fmt(v: Any, digits: int = 1, percent: bool = False) -> str:
 
 def kpi_value(kpis: Mapping[str, Any], path: str) -> tuple[Any, Any]:
     """(value, 95% half-width or None) of a dotted KPI path in kpis() or summarise() output."""
-    value = analysis.get_path(kpis, path)
     ci = kpis.get("ci95")
-    half = None
-    if ci:
-        try:
-            half = analysis.get_path(ci, path)
-        except (ValueError, KeyError, TypeError):
-            half = None
-    return value, half
+    return analysis.get_path(kpis, path), analysis.value_or_none(ci, path) if ci else None
 
 
 def tile(col: Any, label: str, kpis: Mapping[str, Any], path: str, digits: int = 1, percent: bool = False,

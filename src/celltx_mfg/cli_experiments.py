@@ -179,6 +179,8 @@ def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[st
 
 
 def _sweep_table(result: Any, levers: list[str], shown: list[str], by_scenario: bool) -> Table:
+    from .analysis import value_or_none
+
     table = Table(title=f"sweep: {len(result.cells)} cell(s), mean ± 95% half-width")
     if by_scenario:
         table.add_column("scenario")
@@ -192,15 +194,9 @@ def _sweep_table(result: Any, levers: list[str], shown: list[str], by_scenario: 
         row += [fmt_value(cell.levers.get(lever)) for lever in levers]
         row.append(str(summary["replications"]) + ("" if met in (None, True) else " (cap)"))
         for path in shown:
-            row.append(_mean_ci(_get(summary, path), _get(summary.get("ci95", {}), path)))
+            row.append(_mean_ci(value_or_none(summary, path), value_or_none(summary.get("ci95", {}), path)))
         table.add_row(*row)
     return table
-
-
-def _get(d: Any, path: str) -> Any:
-    from .analysis import value_or_none
-
-    return value_or_none(d, path)
 
 
 # ------------------------------------------------------------------------------------------ compare
