@@ -66,9 +66,11 @@ def test_run_kpis_verify_export_match_sqlite(small: Path, tmp_path: Path, pg_url
         d = tmp_path / fmt
         _ok(runner.invoke(app, ["export", "--db", pg_url, "--format", fmt, "--out", str(d)]))
         assert any(d.iterdir())
-    # the same exported patient table from both backends
+    # the same exported records (digests included) from both backends; run and scenario rows carry wall-clock times
     _ok(runner.invoke(app, ["export", "--db", str(tmp_path / "s.db"), "--format", "csv", "--out", str(tmp_path / "s")]))
-    for f in sorted((tmp_path / "s").iterdir()):
+    compared = [f for f in sorted((tmp_path / "s").iterdir()) if f.stem in store.RECORD_TABLES]
+    assert len(compared) == len(store.RECORD_TABLES)
+    for f in compared:
         assert (tmp_path / "csv" / f.name).read_text() == f.read_text(), f.name
 
 
@@ -118,8 +120,9 @@ def test_dashboard_loader_reads_postgres(small: Path, pg_url: str, monkeypatch: 
     runs = _common.runs_table(pg_url, _common.db_version(pg_url))
     assert len(runs) == 1
     frames = _common.frames(pg_url, (int(runs["id"][0]),), _common.db_version(pg_url))
-    assert len(frames["patient"]) > 0
-    assert frames["patient"].dtypes["infectious"] == bool or set(frames["patient"]["infectious"]) <= {0, 1, True, False}
+    assert len(frames["patients"]) > 0
+    kpis = _common.kpi_summary(pg_url, (int(runs["id"][0]),), _common.db_version(pg_url), 21.0)
+    assert kpis["patients_referred"] > 0
 
 
 def test_password_never_printed(small: Path, pg_url: str, tmp_path: Path) -> None:
@@ -146,3 +149,42 @@ def test_display_url() -> None:
     with pytest.raises(store.StoreError) as e:
         store.open_store("postgresql+psycopg://u:pw@127.0.0.1:1/d")
     assert "pw" not in str(e.value).replace("psycopg", "")
+
+
+def test_dashboard_start_line_and_page_header_mask_the_password(monkeypatch: pytest.MonkeyPatch, small: Path,
+                                                                pg_url: str) -> None:
+    import sys
+
+    import celltx_mfg.cli as cli
+
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: 0)
+    res = runner.invoke(app, ["dashboard", "--db", pg_url])
+    assert res.exit_code == 0 and "127.0.0.1" in res.output and PG_PASSWORD not in res.output
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "dashboards"))
+    sys.modules.pop("_common", None)
+    import _common
+
+    shown: list[str] = []
+    monkeypatch.setattr(_common.st, "caption", lambda text, **_: shown.append(text))
+    monkeypatch.setattr(_common.st, "code", lambda text, **_: shown.append(text))
+    monkeypatch.setattr(_common.st, "warning", lambda text, **_: shown.append(text))
+    monkeypatch.setattr(_common.st, "stop", lambda: None)
+    import datetime as dt
+
+    sel = _common.Selection(db=pg_url, version=(), scenario="x", name="x", scenario_hash="h", run_ids=(1,),
+                            horizon=120.0, warmup=30.0, start=dt.date(2026, 1, 1))
+    _common.caption_selection(sel)
+    _common._stop_with_setup_help(pg_url, "no runs")
+    assert shown and all(PG_PASSWORD not in t for t in shown), shown
+    assert "***" in shown[0]
+
+
+def test_compare_json_masks_the_password(small: Path, pg_url: str, tmp_path: Path) -> None:
+    b = tmp_path / "b.yaml"
+    b.write_text(f"base: {small}\nname: fewer_suites\nresources: {{suites: 6}}\n")
+    res = runner.invoke(app, ["compare", str(small), str(b), "-r", "2", "--db", pg_url, "--json"])
+    obj = json.loads(_ok(res))
+    assert obj["db"] == store.display_url(pg_url) and "***" in obj["db"]
+    res = runner.invoke(app, ["compare", str(small), str(b), "-r", "2", "--db", pg_url])
+    assert "stored 4 run(s) in postgresql+psycopg://planner:***@" in _ok(res)
