@@ -317,7 +317,8 @@ def run_list(ids: Sequence[int]) -> str:
 def caption_selection(sel: Selection) -> None:
     st.caption(
         f"Scenario **{sel.name}** · {sel.n} replication(s) (runs {run_list(sel.run_ids)}) · "
-        f"KPI window days {sel.warmup:g}-{sel.horizon:g} from {sel.start:%d %b %Y} · database `{store.display_url(sel.db)}`"
+        f"KPI window days {sel.warmup:g}-{sel.horizon:g} from {sel.start:%d %b %Y} · "
+        f"database `{store.display_url(sel.db)}`"
     )
 
 
