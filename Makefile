@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DB     ?= celltx.db
 PORT   ?= 8501
 
-.PHONY: run test test-slow lint docs setup browser bench clean
+.PHONY: run test test-slow lint docs setup browser postgres bench clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,15 @@ browser:
 	      || echo "chromium could not be installed: browser tests will skip"; \
 	  else echo "chromium missing and cannot be installed here: browser tests will skip"; fi; }
 
-test: $(STAMP) browser
+# PostgreSQL tests start a throw-away server from Debian's postgresql binaries; install them when missing.
+postgres:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "postgresql could not be installed: PostgreSQL tests will skip"; \
+	  else echo "postgresql missing and cannot be installed here: PostgreSQL tests will skip"; fi; }
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

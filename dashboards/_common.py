@@ -184,7 +184,8 @@ def _stop_with_setup_help(db: str, why: str) -> None:
     st.title("celltx-mfg dashboard")
     st.warning(why)
     st.markdown("Create a database by simulating the baseline scenario, then start the dashboard on it:")
-    st.code(f"{CREATE_HINT.format(db=db)}\ncelltx dashboard --db {db}", language="bash")
+    shown = store.display_url(db)
+    st.code(f"{CREATE_HINT.format(db=shown)}\ncelltx dashboard --db {shown}", language="bash")
     st.caption("Any scenario file works, e.g. scenarios/rapid_sterility.yaml; every run is stored whole.")
     st.stop()
 
@@ -199,9 +200,9 @@ def require_runs() -> tuple[str, pd.DataFrame, tuple]:
     try:
         runs = runs_table(db, version)
     except store.StoreError as e:
-        _stop_with_setup_help(db, f"The database `{db}` cannot be read: {e}")
+        _stop_with_setup_help(db, f"The database `{store.display_url(db)}` cannot be read: {e}")
     if runs.empty:
-        _stop_with_setup_help(db, f"The database `{db}` holds no runs yet.")
+        _stop_with_setup_help(db, f"The database `{store.display_url(db)}` holds no runs yet.")
     return db, runs, version
 
 
@@ -316,7 +317,8 @@ def run_list(ids: Sequence[int]) -> str:
 def caption_selection(sel: Selection) -> None:
     st.caption(
         f"Scenario **{sel.name}** · {sel.n} replication(s) (runs {run_list(sel.run_ids)}) · "
-        f"KPI window days {sel.warmup:g}-{sel.horizon:g} from {sel.start:%d %b %Y} · database `{sel.db}`"
+        f"KPI window days {sel.warmup:g}-{sel.horizon:g} from {sel.start:%d %b %Y} · "
+        f"database `{store.display_url(sel.db)}`"
     )
 
 

@@ -30,3 +30,5 @@ def shrink(path: Path, horizon: float = 240.0, warmup: float = 60.0, **top: obje
 @pytest.fixture(scope="session")
 def baseline_small() -> tuple[Scenario, str]:
     return shrink(SCENARIOS / "baseline.yaml")
+
+from tests.pgserver import pg_server, pg_url  # noqa: E402,F401  (PostgreSQL fixtures)

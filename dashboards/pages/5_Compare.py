@@ -43,7 +43,8 @@ for name in chosen:
     summaries[name] = c.kpi_summary(db, ids, version, float(target))
     breakdowns[name] = c.analysed("turnaround_breakdown", db, ids, version)
 st.caption(" · ".join(f"**{n}**: {len(ids)} run(s)" for n, ids in used.items())
-           + f" · database `{db}`. Same replication numbers share random numbers across scenarios.")
+           + f" · database `{c.store.display_url(db)}`. Same replication numbers share random numbers across "
+           "scenarios.")
 
 table = c.compare_table(summaries)
 ref = chosen[0]

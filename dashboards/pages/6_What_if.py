@@ -193,7 +193,7 @@ if problem:
     st.code(problem, language="text")
 
 clicked = st.button("Run", type="primary", disabled=bool(problem) or not diff, key="wi_run",
-                    help=f"Simulate {reps} replication(s) of {new['name']} and store them in {db}.")
+                    help=f"Simulate {reps} replication(s) of {new['name']} and store them in {store.display_url(db)}.")
 if clicked and scenario is not None:
     have = stored_prefix(runs, scenario_hash(text))
     todo = max(0, reps - len(have))

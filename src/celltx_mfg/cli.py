@@ -104,7 +104,9 @@ def run(
     if as_json:
         print(json.dumps({"scenario": sc.name, "runs": run_ids, "kpis": kpis}, default=float))
         return
-    title = f"{sc.name}: {len(run_ids)} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {db}"
+    from .store import display_url
+
+    title = f"{sc.name}: {len(run_ids)} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {display_url(db)}"
     out.print(kpi_table(title, kpis))
 
 
@@ -178,7 +180,9 @@ def kpis(
     if as_json:
         print(json.dumps({"runs": ids, "kpis": result}, default=float))
     else:
-        out.print(kpi_table(f"runs {ids} in {db}", result))
+        from .store import display_url
+
+        out.print(kpi_table(f"runs {ids} in {display_url(db)}", result))
 
 
 @app.command()
@@ -254,13 +258,14 @@ def verify(
 ) -> None:
     """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
     inserted after the fact (exit 1)."""
+    from .store import display_url
     from .store import verify as verify_store
 
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
     problems = verify_store(open_db(db, readonly=True), run)
     if not problems:
-        out.print(f"{db}: every run's record chain and release signature verified", markup=False)
+        out.print(f"{display_url(db)}: every run's record chain and release signature verified", markup=False)
         return
     for p in problems:
         err.print(str(p), markup=False)
@@ -279,7 +284,9 @@ def dashboard(
     if not app_file.exists():
         fail(f"dashboard files not found at {app_file}")
     env = dict(os.environ, CELLTX_DB=db)
-    out.print(f"dashboard on http://{host}:{port}  (database {db}; Ctrl-C to stop)", markup=False)
+    from .store import display_url
+
+    out.print(f"dashboard on http://{host}:{port}  (database {display_url(db)}; Ctrl-C to stop)", markup=False)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal"]

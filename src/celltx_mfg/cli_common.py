@@ -63,12 +63,12 @@ def open_db(db: str | None, readonly: bool = False) -> Any:
     for commands that only read (verify, kpis, export): they then work on read-only storage."""
     if db is None:
         return None
-    from .store import StoreError, open_store
+    from .store import StoreError, display_url, open_store
 
     try:
         return open_store(db, readonly=readonly and "://" not in db)
     except StoreError as e:
-        fail(f"database {db}: {e}")
+        fail(f"database {display_url(db)}: {e}")
 
 
 def fmt_value(v: Any) -> str:
@@ -145,8 +145,8 @@ def handled(db: str | None = None) -> Iterator[None]:
         kept = f"; stored run ids {ids[0]}..{ids[-1]}" if ids else ""
         fail(f"{e}{kept}", 130)
     except Exception as e:
-        from .store import StoreError
+        from .store import StoreError, display_url
 
         if isinstance(e, StoreError):
-            fail(f"database {db}: {e}" if db else f"database: {e}")
+            fail(f"database {display_url(db)}: {e}" if db else f"database: {e}")
         raise

@@ -100,9 +100,16 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(jsonable(obj), allow_nan=False) + "\n")
 
 
+def _shown(db: str | None) -> str | None:
+    """The database as printed: a URL's password masked."""
+    from .store import display_url
+
+    return None if db is None else display_url(db)
+
+
 def _stored_note(ids: list[Any], db: str | None) -> None:
     if ids:
-        err.print(f"stored {len(ids)} run(s) in {db} (run ids {ids[0]}..{ids[-1]})", markup=False)
+        err.print(f"stored {len(ids)} run(s) in {_shown(db)} (run ids {ids[0]}..{ids[-1]})", markup=False)
 
 
 # -------------------------------------------------------------------------------------------- sweep
@@ -161,7 +168,7 @@ def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[st
     return {
         "command": "sweep",
         "levers": levers,
-        "db": db,
+        "db": _shown(db),
         "precision": targets,
         "cells": [
             {
@@ -241,7 +248,7 @@ def _compare_json(result: Any, replications: int, db: str | None) -> dict[str, A
         "scenarios": result.names[1:],
         "replications": replications,
         "seed": result.seed,
-        "db": db,
+        "db": _shown(db),
         "differences": result.table,
         "summaries": dict(zip(result.names, result.summaries, strict=True)),
         "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs, strict=True)},

@@ -84,6 +84,16 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(orig).split()) or type(orig).__name__
 
 
+def display_url(db: str) -> str:
+    """A store's path or URL as it may be printed: a URL's password masked, a plain path unchanged."""
+    if "://" not in db:
+        return db
+    try:
+        return sa.make_url(db).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
 def _where(engine: Engine) -> str:
     url = engine.url
     return str(url.database) if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)

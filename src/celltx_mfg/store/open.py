@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from ._common import OPEN_ERRORS, StoreError, _reason
-from .schema import _ALL_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION, _append_only_ddl
+from .schema import _ALL_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION, _append_only_ddl, _append_only_ddl_pg
 
 _BUSY_TIMEOUT_S = 30
 
@@ -125,13 +125,19 @@ def _check_is_store(conn: Connection, where: str) -> None:
 def _create_schema(conn: Connection, sqlite: bool) -> None:
     """Tables (if new), the append-only triggers and the schema version: the version is a real write,
     so a read-only file fails now."""
+    postgres = conn.dialect.name == "postgresql"
     if sqlite:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif postgres:  # parallel openers create the schema one at a time
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242131)")
     SQLModel.metadata.create_all(conn, tables=_ALL_TABLES)
     if sqlite:
         for ddl in _append_only_ddl():
             conn.exec_driver_sql(ddl)
         conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    elif postgres:
+        for ddl in _append_only_ddl_pg():
+            conn.exec_driver_sql(ddl.replace("%", "%%"))  # the driver reads % as a placeholder
     conn.commit()
 
 

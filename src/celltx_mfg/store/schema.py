@@ -119,7 +119,8 @@ def _table_args(name: str, fields: Sequence[str], kinds: Sequence[str],
                 enums: dict[str, tuple[str, ...]]) -> tuple[Any, ...]:
     """Checks (enumerations, booleans), chain-of-identity keys and indexes of one record table."""
     args: list[Any] = [CheckConstraint(_enum_check(f, v), name=f"ck_{name}_{f}") for f, v in enums.items()]
-    args += [CheckConstraint(_bool_check(f), name=f"ck_{name}_{f}")
+    # a 0/1 check only where booleans are integers (SQLite); PostgreSQL's boolean type enforces itself
+    args += [CheckConstraint(_bool_check(f), name=f"ck_{name}_{f}").ddl_if(dialect="sqlite")
              for f, k in zip(fields, kinds, strict=True) if k == "bool"]
     if name == "patient":
         args.append(UniqueConstraint("run_id", "coi", name="uq_patient_coi"))
@@ -143,6 +144,8 @@ def _record_model(name: str, fields: Sequence[str], types: Sequence[Any], table_
         "__tablename__": name,
         "run_id": Field(primary_key=True, foreign_key="run.id"),
         "row_seq": Field(primary_key=True),
+        # every other integer field is 64-bit (SQLite stores the same values either way)
+        **{f: Field(sa_type=sa.BigInteger) for f, t in zip(fields, types, strict=True) if t is int},
         "__annotations__": annotations,
         "__table_args__": table_args,
     }
@@ -190,14 +193,14 @@ class RunRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     scenario_id: int = Field(foreign_key="scenario.id", index=True)
     replication: int
-    seed: int
+    seed: int = Field(sa_type=sa.BigInteger)  # 63-bit: a 32-bit INTEGER overflows on PostgreSQL
     package_version: str
     status: str = "complete"
     started: str
     finished: str
     horizon: float
     warmup: float
-    events: int
+    events: int = Field(sa_type=sa.BigInteger)
     costs_json: str
     label: str | None = None
     row_counts: str  # JSON {table: rows}: lets verify tell a removed last row from a changed one
@@ -236,9 +239,14 @@ CORRECTION = table_of(CorrectionRow)
 _ALL_TABLES = [SCENARIO, RUN, *(s.table for s in _SPECS), CORRECTION]
 
 
+def _guarded_tables() -> tuple[str, ...]:
+    """The tables whose rows can be neither changed nor deleted (``run`` has its own rule)."""
+    return (*RECORD_TABLES, "correction", "scenario")
+
+
 def _append_only_ddl() -> list[str]:
     out = []
-    for t in (*RECORD_TABLES, "correction", "scenario"):
+    for t in _guarded_tables():
         for op, verb in (("UPDATE", "changed"), ("DELETE", "deleted")):
             out.append(
                 f'CREATE TRIGGER IF NOT EXISTS "{t}_no_{op.lower()}" BEFORE {op} ON {_q(t)} BEGIN '
@@ -250,4 +258,31 @@ def _append_only_ddl() -> list[str]:
     out.append(
         'CREATE TRIGGER IF NOT EXISTS "run_no_delete" BEFORE DELETE ON "run" '
         "BEGIN SELECT RAISE(ABORT, 'append-only GMP record: runs cannot be deleted'); END")
+    return out
+
+
+_PG_GUARD_FN = """CREATE OR REPLACE FUNCTION celltx_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_TABLE_NAME = 'run' THEN
+    IF TG_OP = 'DELETE' THEN
+      RAISE EXCEPTION 'append-only GMP record: runs cannot be deleted';
+    END IF;
+    IF OLD.chain_head IS NOT NULL THEN
+      RAISE EXCEPTION 'append-only GMP record: a complete run cannot be changed';
+    END IF;
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION 'append-only GMP record: % rows cannot be %; record a correction instead',
+    TG_TABLE_NAME, CASE TG_OP WHEN 'UPDATE' THEN 'changed' ELSE 'deleted' END;
+END $$"""
+
+
+def _append_only_ddl_pg() -> list[str]:
+    """The same guards on PostgreSQL: one plpgsql function, a BEFORE UPDATE/DELETE trigger per table
+    (the run row may be updated until it is sealed, as on SQLite)."""
+    out = [_PG_GUARD_FN]
+    for t in (*_guarded_tables(), "run"):
+        for op in ("UPDATE", "DELETE"):
+            out.append(f'CREATE OR REPLACE TRIGGER "{t}_no_{op.lower()}" BEFORE {op} ON {_q(t)} '
+                       "FOR EACH ROW EXECUTE FUNCTION celltx_append_only()")
     return out
