@@ -14,10 +14,9 @@ from typing import Any
 
 import simpy
 
-from ..config import Process, Scenario, Site, Step, scenario_referral_days
+from ..config import Process, Scenario, Step, scenario_referral_days
 from ..distributions import Exponential, Stream, Streams
 from ..records import (
-    BatchRecord,
     Deviation,
     PatientRecord,
     QCResult,
@@ -29,61 +28,12 @@ from ..records import (
     StepEvent,
 )
 from . import rules
+from .entities import Batch, Outcome, Patient
 from .plant import DayBook, SlotBook, StaffPool, SuitePlan, UnitPool
 
 Proc = Generator[simpy.Event, Any, Any]
 INF = math.inf
 MONTH = 365.25 / 12
-
-
-class Patient:
-    __slots__ = (
-        "coi", "no", "site", "product", "urgency", "urgency_rank", "infectious", "referred", "dropout_at",
-        "stage", "slot_booked", "first_apheresis", "infused", "status", "lost_time", "lost_stage",
-        "lost_reason", "attempts",
-    )
-
-    def __init__(self, no: int, site: Site, product: str, urgency: str, rank: int, infectious: bool,
-                 referred: float, dropout_at: float) -> None:
-        self.coi = f"COI-{no:06d}"
-        self.no = no
-        self.site = site
-        self.product = product
-        self.urgency = urgency
-        self.urgency_rank = rank
-        self.infectious = infectious
-        self.referred = referred
-        self.dropout_at = dropout_at
-        self.stage = "referred"
-        self.slot_booked: float | None = None
-        self.first_apheresis: float | None = None
-        self.infused: float | None = None
-        self.status = "in_progress"
-        self.lost_time: float | None = None
-        self.lost_stage: str | None = None
-        self.lost_reason: str | None = None
-        self.attempts = 0
-
-
-class Batch:
-    __slots__ = BatchRecord._fields + ("held", "plan", "plan_end")
-
-    def __init__(self, p: Patient, attempt: int) -> None:
-        for f in BatchRecord._fields:
-            setattr(self, f, None)
-        self.coi = p.coi
-        self.batch_no = f"{p.coi}-A{attempt}"
-        self.attempt = attempt
-        self.product = p.product
-        self.status = "in_progress"
-        self.oos = False
-        self.recalled = False
-        self.held: dict[str, list[Any]] = {}  # kind -> [unit, requested, start, first step]
-        self.plan: SuitePlan | None = None  # suite reservation in the slot book
-        self.plan_end = 0  # first day after the reservation
-
-    def record(self) -> BatchRecord:
-        return BatchRecord(*(getattr(self, f) for f in BatchRecord._fields))
 
 
 class _Plan:
@@ -265,10 +215,10 @@ class Model:
     def journey(self, p: Patient) -> Proc:
         while True:
             p.attempts += 1
-            b = Batch(p, p.attempts)
+            b = Batch.for_attempt(p, p.attempts)
             self.batches.append(b)
             outcome = yield from self.attempt(p, b)
-            if outcome != "recollect":
+            if outcome is not Outcome.RECOLLECT:
                 return
             if p.attempts >= self.sc.booking.max_attempts:
                 self.lose(p, "manufacturing_failure")
@@ -284,7 +234,7 @@ class Model:
         chairs = self.chairs[site.name]
         if not self.enter(p, "waiting_for_slot"):
             b.status = "abandoned"
-            return "lost"
+            return Outcome.LOST
         # -- a manufacturing slot, and apheresis booked against it
         if sc.booking.mode == "slot":
             days = self.reserve_days[p.product]
@@ -299,7 +249,7 @@ class Model:
                 self.slotbook.cancel(req, chairs)
                 self.lose(p, "dropout", p.dropout_at)
                 b.status = "abandoned"
-                return "lost"
+                return Outcome.LOST
             start_day, aph_day = req.value
             if p.slot_booked is None:
                 p.slot_booked = env.now
@@ -321,7 +271,7 @@ class Model:
             else:
                 chairs.cancel(aph_day)
             b.status = "abandoned"
-            return "lost"
+            return Outcome.LOST
         # -- apheresis
         p.stage = "apheresis"
         b.apheresis_start = env.now
@@ -341,7 +291,7 @@ class Model:
         # -- inbound chain-of-custody handover
         if not self.enter(p, "inbound_transit"):
             b.status = "abandoned"
-            return "lost"
+            return Outcome.LOST
         transit = self.stream(f"inbound:{site.name}", site.inbound_transit).sample()
         fresh = sc.gmp.starting_material == "fresh"
         hold = sc.gmp.fresh_hold_limit_hours / 24 if fresh else sc.gmp.shipper_hold_days
@@ -356,25 +306,25 @@ class Model:
         # -- receipt, quarantine, acceptance; wait for the booked start day
         if not self.enter(p, "waiting_for_suite"):
             b.status = "abandoned"
-            return "lost"
+            return Outcome.LOST
         if b.slot_day is not None and b.slot_day + self.plant_open > env.now:
             yield env.timeout(b.slot_day + self.plant_open - env.now)
         b.ready = env.now
         outcome = yield from self.manufacture(p, b)
-        if outcome != "made":
+        if outcome is not Outcome.MADE:
             return outcome
         outcome = yield from self.test_and_release(p, b)
-        if outcome != "released":
+        if outcome is not Outcome.RELEASED:
             return outcome
         return (yield from self.deliver(p, b))
 
-    def excursion(self, p: Patient, b: Batch, leg: str, transit: float) -> str:
+    def excursion(self, p: Patient, b: Batch, leg: str, transit: float) -> Outcome:
         """A shipment longer than the shipper's validated hold left its temperature range: the material
         is lost and the patient needs a new collection (rule 12)."""
         self.deviation(b, p, "shipper_hold_exceeded", "critical", f"{leg}_transit",
                        f"{leg} transit {transit:.2f} d > shipper hold {self.sc.gmp.shipper_hold_days:g} d")
         b.status, b.failure_reason = "failed", f"{leg}_excursion"
-        return "recollect"
+        return Outcome.RECOLLECT
 
     # ------------------------------------------------------------------ manufacturing
     def pool_for(self, p: Patient, kind: str) -> UnitPool:
@@ -454,7 +404,7 @@ class Model:
                             self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite",  # type: ignore[union-attr]
                                            f"{dev.detail} waiting for a {kind}")  # type: ignore[union-attr]
                             self.abandon(p, b, "failed", "starting_material_hold_exceeded", processed=False)
-                            return "recollect"
+                            return Outcome.RECOLLECT
                     else:
                         yield ev
                 unit = ev.value
@@ -475,12 +425,12 @@ class Model:
                     if sc.gmp.on_hold_exceeded == "recollect":
                         self.operators.release(step.operators)
                         self.abandon(p, b, "failed", "starting_material_hold_exceeded", processed=False)
-                        return "recollect"
+                        return Outcome.RECOLLECT
                 b.mfg_start = start
                 if not self.enter(p, "manufacturing"):
                     self.operators.release(step.operators)
                     self.abandon(p, b, "abandoned", "patient_lost")
-                    return "lost"
+                    return Outcome.LOST
             yield env.timeout(dur)
             if step.operators:
                 self.operators.release(step.operators)
@@ -502,13 +452,13 @@ class Model:
             if i + 1 < len(proc.steps) and env.now >= p.dropout_at:
                 self.abandon(p, b, "abandoned", "patient_lost")
                 self.lose(p, "dropout", p.dropout_at)
-                return "lost"
+                return Outcome.LOST
         b.mfg_end = env.now
         b.expiry = env.now + sc.gmp.shelf_life_days
         self.end_reservation(b)
-        return "made"
+        return Outcome.MADE
 
-    def step_failure(self, p: Patient, b: Batch, step: Step) -> str | None:
+    def step_failure(self, p: Patient, b: Batch, step: Step) -> Outcome | None:
         cons = step.failure.consequence  # type: ignore[union-attr]
         self.deviation(b, p, "process_failure", "major", "manufacturing", f"{step.name} failed ({cons})")
         if cons == "oos":
@@ -516,9 +466,9 @@ class Model:
             return None
         self.abandon(p, b, "failed", f"{step.name}_failure")
         if cons == "recollect":
-            return "recollect"
+            return Outcome.RECOLLECT
         self.lose(p, "manufacturing_failure")
-        return "lost"
+        return Outcome.LOST
 
     # ------------------------------------------------------------------ QC and release
     def _analyst_done(self, b: Batch, test: str, sampled: float, start: float) -> None:
@@ -551,7 +501,7 @@ class Model:
                            f"{t.name} failed after conditional release; clinic notified, recall opened")
         return failed
 
-    def qc_verdict(self, p: Patient, b: Batch, tests: dict[str, Any], handled: set[str]) -> str | None:
+    def qc_verdict(self, p: Patient, b: Batch, tests: dict[str, Any], handled: set[str]) -> Outcome | None:
         """Act on every failed result in hand not yet acted on: a deviation each, then the gravest
         consequence; an out-of-specification product follows the OOS policy (rule 11). None: go on."""
         consequences = set()
@@ -566,10 +516,10 @@ class Model:
         if "discard" in consequences:
             b.status, b.failure_reason = "failed", "qc_failure_discard"
             self.lose(p, "manufacturing_failure")
-            return "lost"
+            return Outcome.LOST
         if "recollect" in consequences:
             b.status, b.failure_reason = "failed", "qc_failure"
-            return "recollect"
+            return Outcome.RECOLLECT
         if ("oos" in consequences or b.oos) and b.release_mode != "exceptional_oos":
             b.oos = True
             if self.sc.gmp.oos_policy == "exceptional_release" and (
@@ -580,7 +530,7 @@ class Model:
                                "OOS product supplied at physician's request; risk assessment and authority notice on file")
             else:
                 b.status, b.failure_reason = "failed", "oos_rejected"
-                return "recollect"
+                return Outcome.RECOLLECT
         return None
 
     def test_and_release(self, p: Patient, b: Batch) -> Proc:
@@ -612,11 +562,11 @@ class Model:
                 yield env.timeout(elapsed - (env.now - requested))
             if not self.enter(p, "qc_release"):
                 b.status = "abandoned"
-                return "lost"
+                return Outcome.LOST
             if rules.expired(b.expiry, env.now):
                 self.deviation(b, p, "expired_before_release", "major", "qc_release", "shelf life ended before release")
                 b.status, b.failure_reason = "expired", "expired"
-                return "recollect"
+                return Outcome.RECOLLECT
             # a result that came in during review, even one the policy would not wait for, is in hand: the
             # QP cannot sign over a known failure (rule 10); a new deviation means another review once closed
             outcome = self.qc_verdict(p, b, tests, handled)
@@ -631,7 +581,7 @@ class Model:
             ReleaseRecord(b.coi, b.batch_no, env.now, b.release_mode, "qualified_person", "released", ";".join(pending))
         )
         b.status = "released"
-        return "released"
+        return Outcome.RELEASED
 
     # ------------------------------------------------------------------ shipment and infusion
     def deliver(self, p: Patient, b: Batch) -> Proc:
@@ -639,7 +589,7 @@ class Model:
         site = p.site
         if b.recalled:
             b.status, b.failure_reason = "failed", "recalled_before_shipment"
-            return "recollect"
+            return Outcome.RECOLLECT
         p.stage = "outbound_transit"
         transit = self.stream(f"outbound:{site.name}", site.outbound_transit).sample()
         excursion = rules.shipper_excursion(sc.gmp, transit)
@@ -654,7 +604,7 @@ class Model:
             return self.excursion(p, b, "outbound", transit)
         if not self.enter(p, "awaiting_infusion"):
             b.status = "abandoned"
-            return "lost"
+            return Outcome.LOST
         ld = self.stream(f"lymphodepletion:{site.name}", site.lymphodepletion).sample()
         earliest = max(env.now, b.released + ld)
         book = self.infusion_slots[site.name]
@@ -666,23 +616,23 @@ class Model:
         if not alive:
             book.cancel(day)
             b.status = "abandoned"
-            return "lost"
+            return Outcome.LOST
         if b.recalled:
             book.cancel(day)
             b.status, b.failure_reason = "failed", "recalled_before_infusion"
-            return "recollect"
+            return Outcome.RECOLLECT
         if rules.expired(b.expiry, env.now):
             book.cancel(day)
             self.deviation(b, p, "expired_before_infusion", "major", "awaiting_infusion", "product past expiry")
             b.status, b.failure_reason = "expired", "expired"
-            return "recollect"
+            return Outcome.RECOLLECT
         self.rec.resource_uses.append(
             ResourceUse("infusion", site.name, p.coi, b.batch_no, "infusion", b.released, float(day), day + 1.0)
         )
         b.infused = p.infused = env.now
         b.status = p.status = "infused"
         p.stage = "infused"
-        return "infused"
+        return Outcome.INFUSED
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunRecords:
