@@ -18,16 +18,14 @@ from ..config import Process, Scenario, Step, scenario_referral_days
 from ..distributions import Exponential, Stream, Streams
 from ..records import (
     Deviation,
-    PatientRecord,
     QCResult,
     ReleaseRecord,
-    ResourceSummary,
     ResourceUse,
     RunRecords,
     Shipment,
     StepEvent,
 )
-from . import rules
+from . import rules, summary
 from .entities import Batch, Outcome, Patient
 from .plant import DayBook, SlotBook, StaffPool, SuitePlan, UnitPool
 
@@ -641,54 +639,5 @@ class Model:
         return self.finish()
 
     def finish(self) -> RunRecords:
-        sc, rec = self.sc, self.rec
-        h, w = sc.horizon_days, sc.warmup_days
-        for (kind, unit), (coi, batch_no, activity, requested, start) in sorted(self.open_holds.items()):
-            rec.resource_uses.append(ResourceUse(kind, unit, coi, batch_no, activity, requested, start, h))
-        for p in self.patients:
-            rec.patients.append(
-                PatientRecord(p.coi, p.no, p.site.name, p.product, p.urgency, p.infectious, p.referred, p.slot_booked,
-                              p.first_apheresis, p.infused, p.status, p.lost_time, p.lost_stage, p.lost_reason,
-                              p.stage if p.status == "in_progress" else None, p.attempts)
-            )
-        rec.batches = [b.record() for b in self.batches]
-        r = sc.resources
-        window = h - w
-        summ = [
-            ResourceSummary("suite", r.suites, r.suites * window),
-            ResourceSummary("incubator", r.incubators, r.incubators * window),
-            ResourceSummary("closed_device", r.closed_devices, r.closed_devices * window),
-            ResourceSummary("freezer", r.freezers, r.freezers * window),
-        ]
-        for pool in (self.operators, self.analysts, self.reviewers):
-            summ.append(ResourceSummary(pool.kind, pool.count, pool.count * pool.calendar.available_days(w, h)))
-        summ.append(ResourceSummary("apheresis", sum(s.apheresis_per_day for s in sc.sites),
-                                    float(sum(b.per_day * b.open_days(w, h) for b in self.chairs.values()))))
-        summ.append(ResourceSummary("infusion", sum(s.infusion_slots_per_day for s in sc.sites),
-                                    float(sum(b.per_day * b.open_days(w, h) for b in self.infusion_slots.values()))))
-        if sc.booking.mode == "slot":
-            summ.append(ResourceSummary("manufacturing_slot", self.starts.per_day,
-                                        float(self.starts.per_day * self.starts.open_days(w, h))))
-        rec.resources = [s for s in summ if s.capacity > 0]
-        rec.costs = self.costs()
-        rec.events = next(self.env._eid)  # SimPy's own event counter
-        return rec
-
-    def costs(self) -> dict[str, float]:
-        """Cost components inside the KPI window; empty when the scenario states no costs."""
-        c = self.sc.costs
-        if c is None:
-            return {}
-        h, w = self.sc.horizon_days, self.sc.warmup_days
-        materials = sum(self.sc.products[b.product].materials_cost for b in self.batches
-                        if b.mfg_start is not None and w <= b.mfg_start < h)
-        qc_unit = c.qc_per_batch or self.sc.qc.cost_per_batch
-        qc = qc_unit * sum(1 for b in self.batches if b.mfg_end is not None and w <= b.mfg_end < h)
-        staff_days = sum(max(0.0, min(u.end, h) - max(u.start, w)) for u in self.rec.resource_uses
-                         if u.kind in ("operators", "qc_analysts", "qa_reviewers"))
-        return {
-            "materials": float(materials),
-            "qc": float(qc),
-            "labour": float(c.labour_per_hour * 24.0 * staff_days),
-            "facility": float(c.facility_per_day * (h - w)),
-        }
+        """Close the books at the horizon: open holds, patient and batch records, capacity and costs."""
+        return summary.finish(self)
