@@ -14,7 +14,7 @@ from typing import Any
 
 import simpy
 
-from ..config import Process, Scenario, Step, scenario_referral_days
+from ..config import Scenario, Step, scenario_referral_days
 from ..distributions import Exponential, Stream, Streams
 from ..records import (
     Deviation,
@@ -26,34 +26,13 @@ from ..records import (
     StepEvent,
 )
 from . import rules, summary
+from .build import build_plant
 from .entities import Batch, Outcome, Patient
-from .plant import DayBook, SlotBook, StaffPool, SuitePlan, UnitPool
+from .plant import StaffPool, UnitPool
 
 Proc = Generator[simpy.Event, Any, Any]
 INF = math.inf
 MONTH = 365.25 / 12
-
-
-class _Plan:
-    """Per-product precomputation: which resources each step acquires and which it returns."""
-
-    def __init__(self, proc: Process) -> None:
-        names = [s.name for s in proc.steps]
-        self.acquire: list[list[str]] = [[] for _ in proc.steps]
-        self.release: list[list[str]] = [[] for _ in proc.steps]
-        until: dict[str, int] = {}  # kind -> index of the last step that keeps it
-        for i, s in enumerate(proc.steps):
-            for kind in s.uses:
-                if until.get(kind, -1) < i:
-                    self.acquire[i].append(kind)
-                    until[kind] = i
-                if kind in s.hold_until:
-                    until[kind] = max(until[kind], names.index(s.hold_until[kind]))
-            self.release[i] = [k for k, last in until.items() if last == i]
-        # planned suite occupancy: mean time of the steps that hold the suite
-        first = next((i for i, a in enumerate(self.acquire) if "suite" in a), None)
-        last = next((i for i, r in enumerate(self.release) if "suite" in r), None)
-        self.suite_days = 0.0 if first is None else sum(s.duration.mean() for s in proc.steps[first : last + 1])
 
 
 def _choose(weights: dict[str, float], u: float) -> str:
@@ -78,37 +57,15 @@ class Model:
         self.env = simpy.Environment()
         self.streams = Streams(seed)
         self.rec = RunRecords(sc.name, seed, replication, sc.horizon_days, sc.warmup_days)
-        env, r = self.env, sc.resources
-        general = r.suites - r.dedicated_suites
-        self.suites = UnitPool(env, "suite", [f"S{i + 1}" for i in range(general)])
-        self.dedicated = UnitPool(env, "suite", [f"SD{i + 1}" for i in range(r.dedicated_suites)])
-        self.pools = {
-            "incubator": UnitPool(env, "incubator", [f"I{i + 1}" for i in range(r.incubators)]),
-            "closed_device": UnitPool(env, "closed_device", [f"C{i + 1}" for i in range(r.closed_devices)]),
-            "freezer": UnitPool(env, "freezer", [f"F{i + 1}" for i in range(r.freezers)]),
-        }
-        self.operators = StaffPool(env, "operators", r.operators.count, sc.calendar(r.operators.calendar))
-        self.analysts = StaffPool(env, "qc_analysts", r.qc_analysts.count, sc.calendar(r.qc_analysts.calendar))
-        self.reviewers = StaffPool(env, "qa_reviewers", r.qa_reviewers.count, sc.calendar(r.qa_reviewers.calendar))
-        self.starts = DayBook(sc.booking.starts_per_day, sc.calendar(sc.booking.start_calendar))
-        self.slotbook = SlotBook(env, self.starts, math.ceil(sc.booking.apheresis_lead_days), sc.booking.horizon_days)
-        self.chairs: dict[str, DayBook] = {}
-        self.infusion_slots: dict[str, DayBook] = {}
-        self.open_hour: dict[str, float] = {}
-        for s in sc.sites:
-            cal = sc.calendar(s.calendar)
-            self.chairs[s.name] = DayBook(s.apheresis_per_day, cal)
-            self.infusion_slots[s.name] = DayBook(s.infusion_slots_per_day, cal)
-            self.open_hour[s.name] = 0.0 if cal.always else min(h for h, _ in cal.shifts) / 24.0
-        self.plans = {name: _Plan(p) for name, p in sc.products.items()}
-        ops_cal = self.operators.calendar
-        self.plant_open = 0.0 if ops_cal.always else min(h for h, _ in ops_cal.shifts) / 24.0
-        self.suite_plans = {False: SuitePlan(general), True: SuitePlan(r.dedicated_suites)}
-        clearance = sc.gmp.line_clearance.mean()
-        self.reserve_days = {
-            name: (0 if plan.suite_days == 0 else math.ceil(sc.booking.planned_suite_days or plan.suite_days + clearance + 1))
-            for name, plan in self.plans.items()
-        }
+        plant = build_plant(self.env, sc)
+        self.plant = plant
+        # the hot paths read these on every step: plain attributes, no extra look-up through the plant
+        self.suites, self.dedicated, self.pools = plant.suites, plant.dedicated, plant.pools
+        self.operators, self.analysts, self.reviewers = plant.operators, plant.analysts, plant.reviewers
+        self.starts, self.slotbook = plant.starts, plant.slotbook
+        self.chairs, self.infusion_slots, self.open_hour = plant.chairs, plant.infusion_slots, plant.open_hour
+        self.plans, self.plant_open = plant.plans, plant.plant_open
+        self.suite_plans, self.reserve_days = plant.suite_plans, plant.reserve_days
         self.required_tests = rules.tests_required_for_release(sc.qc, sc.release)
         self.urgency_order = {u: i for i, u in enumerate(sc.booking.urgency_order)}
         self.open_holds: dict[tuple[str, str], tuple[str, str, str, float, float]] = {}
