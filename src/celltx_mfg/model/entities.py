@@ -19,11 +19,23 @@ from .plant import SuitePlan
 class Outcome(Enum):
     """How one stage or one attempt ended; only RECOLLECT sends the patient back for another apheresis."""
 
-    LOST = "lost"  # patient lost (dropout, or a failure with no further collection)
+    LOST = "lost"  # patient lost (dropout, or a failure with no further collection); batch record already says why
+    ABANDONED = "abandoned"  # patient dropped out while the batch was live: the journey marks the batch abandoned
     RECOLLECT = "recollect"  # this batch failed; a new collection may be tried
     MADE = "made"  # manufacture finished, cryopreserved
     RELEASED = "released"  # QP released the batch
     INFUSED = "infused"  # the journey's good end
+
+
+class BatchStopped(Exception):
+    """Raised inside manufacture when the batch cannot go on; caught once, where its units are returned."""
+
+    def __init__(self, outcome: Outcome, status: str, reason: str, processed: bool = True) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.status = status  # the batch record's status
+        self.reason = reason  # the batch record's failure reason
+        self.processed = processed  # False: the suite saw no open processing, so no line clearance
 
 
 class Patient:
