@@ -62,7 +62,8 @@ class ModelBase:
             if b is not None:
                 self.open_until[b.batch_no] = max(closed, self.open_until.get(b.batch_no, 0.0))
         self.rec.deviations.append(
-            Deviation(p.coi if p else None, b.batch_no if b else None, self.env.now, kind, severity, stage, detail, closed)
+            Deviation(p.coi if p else None, b.batch_no if b else None, self.env.now, kind, severity, stage, detail,
+                      closed)
         )
         return closed
 
@@ -91,7 +92,8 @@ class ModelBase:
             yield self.env.timeout(t - self.env.now)
         return True
 
-    def staff_use(self, pool: StaffPool, n: int, b: Batch | None, activity: str, requested: float, start: float) -> None:
+    def staff_use(self, pool: StaffPool, n: int, b: Batch | None, activity: str, requested: float,
+                  start: float) -> None:
         for _ in range(n):
             self.rec.resource_uses.append(
                 ResourceUse(pool.kind, pool.kind, b.coi if b else None, b.batch_no if b else None,

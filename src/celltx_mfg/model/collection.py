@@ -4,6 +4,7 @@ the inbound chain-of-custody handover, receipt and quarantine until the booked s
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from ..config import Site
 from ..records import ResourceUse, Shipment
@@ -54,7 +55,7 @@ class Collection(ModelBase):
             self.cancel_collection(p, b, chairs, req, None)
             self.lose(p, "dropout", p.dropout_at)
             return None
-        start_day, aph_day = req.value
+        start_day, aph_day = cast(tuple[int, int], req.value)  # (manufacturing start, chair day)
         if p.slot_booked is None:
             p.slot_booked = env.now
         b.slot_day = float(start_day)

@@ -5,7 +5,7 @@ units and suite reservation back."""
 from __future__ import annotations
 
 import math
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from ..config import Step
 from ..records import ResourceUse, StepEvent
@@ -108,7 +108,7 @@ class Manufacture(ModelBase):
                         self.hold_exceeded_waiting(p, b, kind)
                 else:
                     yield ev
-            unit = ev.value
+            unit = cast(str, ev.value)  # a granted request carries the unit name
             b.held[kind] = [unit, ready, env.now, step.name]
             if kind == "suite":
                 b.suite = unit

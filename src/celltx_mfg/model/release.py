@@ -68,7 +68,8 @@ class Release(ModelBase):
             ):
                 b.release_mode = "exceptional_oos"
                 self.deviation(b, p, "exceptional_release", "minor", "qc_release",
-                               "OOS product supplied at physician's request; risk assessment and authority notice on file")
+                               "OOS product supplied at physician's request; risk assessment and authority notice "
+                               "on file")
             else:
                 b.status, b.failure_reason = "failed", "oos_rejected"
                 return Outcome.RECOLLECT
