@@ -13,7 +13,7 @@ import simpy
 
 from ..config import Scenario
 from ..distributions import Stream, Streams
-from ..records import Deviation, ResourceUse, RunRecords
+from ..records import Recorder, RunRecords
 from . import rules
 from .build import build_plant
 from .entities import Batch, Outcome, Patient
@@ -32,6 +32,7 @@ class ModelBase:
         self.env = simpy.Environment()
         self.streams = Streams(seed)
         self.rec = RunRecords(sc.name, seed, replication, sc.horizon_days, sc.warmup_days)
+        self.record = Recorder(self.rec)
         plant = build_plant(self.env, sc)
         self.plant = plant
         # the hot paths read these on every step: plain attributes, no extra look-up through the plant
@@ -61,10 +62,8 @@ class ModelBase:
             closed = self.env.now + self.stream("deviation_investigation", self.sc.gmp.deviation_investigation).sample()
             if b is not None:
                 self.open_until[b.batch_no] = max(closed, self.open_until.get(b.batch_no, 0.0))
-        self.rec.deviations.append(
-            Deviation(p.coi if p else None, b.batch_no if b else None, self.env.now, kind, severity, stage, detail,
-                      closed)
-        )
+        self.record.deviation(p.coi if p else None, b.batch_no if b else None, self.env.now, kind, severity, stage,
+                              detail, closed)
         return closed
 
     def enter(self, p: Patient, stage: str) -> bool:
@@ -95,10 +94,8 @@ class ModelBase:
     def staff_use(self, pool: StaffPool, n: int, b: Batch | None, activity: str, requested: float,
                   start: float) -> None:
         for _ in range(n):
-            self.rec.resource_uses.append(
-                ResourceUse(pool.kind, pool.kind, b.coi if b else None, b.batch_no if b else None,
-                            activity, requested, start, self.env.now)
-            )
+            self.record.resource_use(pool.kind, pool.kind, b.coi if b else None, b.batch_no if b else None, activity,
+                                     requested, start, self.env.now)
 
     def priority(self, p: Patient, b: Batch) -> Priority:
         """Re-manufacture first (the patient has waited once already), then urgency class, then arrival."""

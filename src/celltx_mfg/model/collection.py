@@ -7,7 +7,6 @@ import math
 from typing import cast
 
 from ..config import Site
-from ..records import ResourceUse, Shipment
 from . import rules
 from .base import INF, ModelBase, Proc
 from .entities import Batch, Outcome, Patient
@@ -78,15 +77,11 @@ class Collection(ModelBase):
         if p.first_apheresis is None:
             p.first_apheresis = env.now
         booked_at = p.slot_booked if p.slot_booked is not None else p.referred
-        self.rec.resource_uses.append(
-            ResourceUse("apheresis", site.name, p.coi, b.batch_no, "apheresis", min(booked_at, float(aph_day)),
-                        float(aph_day), aph_day + 1.0)
-        )
+        self.record.resource_use("apheresis", site.name, p.coi, b.batch_no, "apheresis", min(booked_at, float(aph_day)),
+                                 float(aph_day), aph_day + 1.0)
         if b.slot_day is not None:
-            self.rec.resource_uses.append(
-                ResourceUse("manufacturing_slot", "slot", p.coi, b.batch_no, "start", booked_at, b.slot_day,
-                            b.slot_day + 1)
-            )
+            self.record.resource_use("manufacturing_slot", "slot", p.coi, b.batch_no, "start", booked_at, b.slot_day,
+                                     b.slot_day + 1)
         yield env.timeout(self.stream(f"apheresis:{site.name}", site.apheresis_duration).sample())
         b.apheresis_end = env.now
 
@@ -99,10 +94,8 @@ class Collection(ModelBase):
         fresh = sc.gmp.starting_material == "fresh"
         hold = sc.gmp.fresh_hold_limit_hours / 24 if fresh else sc.gmp.shipper_hold_days
         excursion = (not fresh) and rules.shipper_excursion(sc.gmp, transit)
-        self.rec.shipments.append(
-            Shipment(p.coi, b.batch_no, "inbound", site.name, "plant", env.now, env.now + transit,
-                     "2-8C" if fresh else "<=-150C", hold, excursion)
-        )
+        self.record.shipment(p.coi, b.batch_no, "inbound", site.name, "plant", env.now, env.now + transit,
+                             "2-8C" if fresh else "<=-150C", hold, excursion)
         yield env.timeout(transit)
         b.received = env.now
         if excursion:

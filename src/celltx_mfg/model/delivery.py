@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 from ..config import Site
-from ..records import ResourceUse, Shipment
 from . import rules
 from .base import ModelBase, Proc
 from .entities import Batch, Outcome, Patient
@@ -23,10 +22,8 @@ class Delivery(ModelBase):
         transit = self.stream(f"outbound:{site.name}", site.outbound_transit).sample()
         excursion = rules.shipper_excursion(sc.gmp, transit)
         b.shipped = env.now
-        self.rec.shipments.append(
-            Shipment(p.coi, b.batch_no, "outbound", "plant", site.name, env.now, env.now + transit, "<=-150C",
-                     sc.gmp.shipper_hold_days, excursion)
-        )
+        self.record.shipment(p.coi, b.batch_no, "outbound", "plant", site.name, env.now, env.now + transit, "<=-150C",
+                             sc.gmp.shipper_hold_days, excursion)
         yield env.timeout(transit)
         b.delivered = env.now
         if excursion:
@@ -52,9 +49,7 @@ class Delivery(ModelBase):
         if outcome is not Outcome.INFUSED:
             book.cancel(day)
             return outcome
-        self.rec.resource_uses.append(
-            ResourceUse("infusion", site.name, p.coi, b.batch_no, "infusion", released, float(day), day + 1.0)
-        )
+        self.record.resource_use("infusion", site.name, p.coi, b.batch_no, "infusion", released, float(day), day + 1.0)
         b.infused = p.infused = env.now
         b.status = p.status = "infused"
         p.stage = "infused"

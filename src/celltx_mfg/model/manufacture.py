@@ -8,7 +8,6 @@ import math
 from typing import NoReturn, cast
 
 from ..config import Step
-from ..records import ResourceUse, StepEvent
 from . import rules
 from .base import ModelBase, Priority, Proc
 from .build import ProductPlan
@@ -30,9 +29,7 @@ class Manufacture(ModelBase):
         for kind in kinds:
             unit, requested, start, first = b.held.pop(kind)
             self.open_holds.pop((kind, unit), None)
-            self.rec.resource_uses.append(
-                ResourceUse(kind, unit, b.coi, b.batch_no, first, requested, start, self.env.now)
-            )
+            self.record.resource_use(kind, unit, b.coi, b.batch_no, first, requested, start, self.env.now)
             pool = self.pool_for(p, kind)
             if kind == "suite" and processed:
                 self.env.process(self.line_clearance(pool, unit, b, p.infectious))
@@ -56,9 +53,7 @@ class Manufacture(ModelBase):
         self.operators.release(gmp.clearance_operators)
         self.staff_use(self.operators, gmp.clearance_operators, b, "line_clearance", released, start)
         self.open_holds.pop(("suite", unit), None)
-        self.rec.resource_uses.append(
-            ResourceUse("suite", unit, b.coi, b.batch_no, "line_clearance", released, released, self.env.now)
-        )
+        self.record.resource_use("suite", unit, b.coi, b.batch_no, "line_clearance", released, released, self.env.now)
         pool.release(unit)
 
     def abandon(self, p: Patient, b: Batch, status: str, reason: str | None, processed: bool = True) -> None:
@@ -144,10 +139,8 @@ class Manufacture(ModelBase):
         failure = step.failure
         failed = failure is not None and self.stream(f"fail:{p.product}:{step.name}").sample() < failure.probability
         units = ";".join(f"{k}:{v[0]}" for k, v in b.held.items())
-        self.rec.steps.append(
-            StepEvent(p.coi, b.batch_no, step.name, i, ready, start, env.now, units, step.operators, step.open,
-                      "failed" if failed else "ok")
-        )
+        self.record.step(p.coi, b.batch_no, step.name, i, ready, start, env.now, units, step.operators, step.open,
+                         "failed" if failed else "ok")
         dev = rules.step_time_limit(step, dur)
         if dev is not None:
             self.deviation(b, p, dev.kind, dev.severity, "manufacturing", dev.detail)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import QCResult, ReleaseRecord
 from . import rules
 from .base import ModelBase, Proc
 from .entities import Batch, Outcome, Patient
@@ -32,9 +31,8 @@ class Release(ModelBase):
             self._analyst_done(b, t.name, sampled, start)
         failed = self.stream(f"qcfail:{t.name}").sample() < t.failure_probability
         required = t.name in self.required_tests
-        self.rec.qc_results.append(
-            QCResult(b.coi, b.batch_no, t.name, sampled, start, env.now, "fail" if failed else "pass", required)
-        )
+        self.record.qc_result(b.coi, b.batch_no, t.name, sampled, start, env.now, "fail" if failed else "pass",
+                              required)
         if failed and b.released is not None:
             # released on conditional terms: a late positive means notice to the clinic and a recall (rule 10)
             b.recalled = True
@@ -118,8 +116,7 @@ class Release(ModelBase):
         b.released = env.now
         b.release_mode = b.release_mode or ("conditional" if sc.release.policy == "conditional" else "full")
         pending = sorted(n for n, (_, ev) in tests.items() if not ev.triggered)
-        self.rec.releases.append(
-            ReleaseRecord(b.coi, b.batch_no, env.now, b.release_mode, "qualified_person", "released", ";".join(pending))
-        )
+        self.record.release(b.coi, b.batch_no, env.now, b.release_mode, "qualified_person", "released",
+                            ";".join(pending))
         b.status = "released"
         return Outcome.RELEASED
