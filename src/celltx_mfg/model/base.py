@@ -102,6 +102,22 @@ class ModelBase:
         return (0 if b.attempt > 1 else 1, p.urgency_rank, p.referred)
 
 
+    def ship(self, p: Patient, b: Batch, leg: str, origin: str, destination: str, transit: float, condition: str,
+             hold: float, excursion: bool) -> Proc:
+        """One leg under chain of custody, recorded at departure; returns RECOLLECT when the shipper's
+        hold was exceeded on the way, else None."""
+        env = self.env
+        self.record.shipment(p.coi, b.batch_no, leg, origin, destination, env.now, env.now + transit, condition, hold,
+                             excursion)
+        yield env.timeout(transit)
+        if leg == "inbound":
+            b.received = env.now
+        else:
+            b.delivered = env.now
+        if excursion:
+            return self.excursion(p, b, leg, transit)
+        return None
+
     def excursion(self, p: Patient, b: Batch, leg: str, transit: float) -> Outcome:
         """A shipment longer than the shipper's validated hold left its temperature range: the material
         is lost and the patient needs a new collection (rule 12)."""

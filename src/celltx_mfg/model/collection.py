@@ -94,12 +94,10 @@ class Collection(ModelBase):
         fresh = sc.gmp.starting_material == "fresh"
         hold = sc.gmp.fresh_hold_limit_hours / 24 if fresh else sc.gmp.shipper_hold_days
         excursion = (not fresh) and rules.shipper_excursion(sc.gmp, transit)
-        self.record.shipment(p.coi, b.batch_no, "inbound", site.name, "plant", env.now, env.now + transit,
-                             "2-8C" if fresh else "<=-150C", hold, excursion)
-        yield env.timeout(transit)
-        b.received = env.now
-        if excursion:
-            return self.excursion(p, b, "inbound", transit)
+        failed = yield from self.ship(p, b, "inbound", site.name, "plant", transit, "2-8C" if fresh else "<=-150C",
+                                      hold, excursion)
+        if failed is not None:
+            return failed
         # receipt, quarantine, acceptance; wait for the booked start day
         if not self.enter(p, "waiting_for_suite"):
             return Outcome.ABANDONED

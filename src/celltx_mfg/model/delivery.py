@@ -22,12 +22,10 @@ class Delivery(ModelBase):
         transit = self.stream(f"outbound:{site.name}", site.outbound_transit).sample()
         excursion = rules.shipper_excursion(sc.gmp, transit)
         b.shipped = env.now
-        self.record.shipment(p.coi, b.batch_no, "outbound", "plant", site.name, env.now, env.now + transit, "<=-150C",
-                             sc.gmp.shipper_hold_days, excursion)
-        yield env.timeout(transit)
-        b.delivered = env.now
-        if excursion:
-            return self.excursion(p, b, "outbound", transit)
+        failed = yield from self.ship(p, b, "outbound", "plant", site.name, transit, "<=-150C",
+                                      sc.gmp.shipper_hold_days, excursion)
+        if failed is not None:
+            return failed
         if not self.enter(p, "awaiting_infusion"):
             return Outcome.ABANDONED
         return (yield from self.infuse(p, b, site))
