@@ -73,7 +73,23 @@ class Release(ModelBase):
                 return Outcome.RECOLLECT
         return None
 
+    def qa_review(self, b: Batch) -> Proc:
+        """A reviewer's hands-on time within the review's elapsed time (batch record, deviations, results)."""
+        env, sc = self.env, self.sc
+        hands = sc.release.qa_review_hours / 24.0
+        elapsed = self.stream("qa_review", sc.release.qa_review_elapsed).sample()
+        requested = env.now
+        yield from self.reviewers.acquire(1, hands)
+        start = env.now
+        yield env.timeout(hands)
+        self.reviewers.release(1)
+        self.staff_use(self.reviewers, 1, b, "qa_review", requested, start)
+        if elapsed > env.now - requested:
+            yield env.timeout(elapsed - (env.now - requested))
+
     def test_and_release(self, p: Patient, b: Batch) -> Proc:
+        """All tests sampled at once; the QP releases after the required results, a clean verdict and
+        closed blocking deviations, re-reviewing while new ones are open."""
         env, sc = self.env, self.sc
         p.stage = "qc_release"
         tests = {t.name: (t, env.process(self.qc_test(p, b, t))) for t in sc.qc.tests}
@@ -90,16 +106,7 @@ class Release(ModelBase):
             closes = self.open_until.get(b.batch_no, 0.0)
             if closes > env.now:
                 yield env.timeout(closes - env.now)
-            hands = sc.release.qa_review_hours / 24.0
-            elapsed = self.stream("qa_review", sc.release.qa_review_elapsed).sample()
-            requested = env.now
-            yield from self.reviewers.acquire(1, hands)
-            start = env.now
-            yield env.timeout(hands)
-            self.reviewers.release(1)
-            self.staff_use(self.reviewers, 1, b, "qa_review", requested, start)
-            if elapsed > env.now - requested:
-                yield env.timeout(elapsed - (env.now - requested))
+            yield from self.qa_review(b)
             if not self.enter(p, "qc_release"):
                 return Outcome.ABANDONED
             if rules.expired(b.expiry, env.now):
