@@ -71,7 +71,9 @@ class StepEvent(NamedTuple):
 
 
 class ResourceUse(NamedTuple):
-    kind: str  # suite | incubator | closed_device | freezer | operators | qc_analysts | qa_reviewers | apheresis | infusion | manufacturing_slot
+    # suite | incubator | closed_device | freezer | operators | qc_analysts | qa_reviewers | apheresis | infusion
+    # | manufacturing_slot
+    kind: str
     unit: str
     coi: str | None
     batch_no: str | None
@@ -172,3 +174,45 @@ class RunRecords:
         return {
             name: pd.DataFrame(getattr(self, name), columns=list(cls._fields)) for name, cls in self.TABLES
         }
+
+
+class Recorder:
+    """The model's one way to write a record: one typed method per kind, each appending to its list in
+    ``RunRecords`` as the event happens (so record order is event order)."""
+
+    __slots__ = ("_steps", "_uses", "_qc", "_deviations", "_shipments", "_releases")
+
+    def __init__(self, rec: RunRecords) -> None:
+        self._steps = rec.steps
+        self._uses = rec.resource_uses
+        self._qc = rec.qc_results
+        self._deviations = rec.deviations
+        self._shipments = rec.shipments
+        self._releases = rec.releases
+
+    def step(self, coi: str, batch_no: str, step: str, seq: int, ready: float, start: float, end: float,
+             resources: str, operators: int, open: bool, outcome: str) -> None:
+        self._steps.append(StepEvent(coi, batch_no, step, seq, ready, start, end, resources, operators, open, outcome))
+
+    def resource_use(self, kind: str, unit: str, coi: str | None, batch_no: str | None, activity: str,
+                     requested: float, start: float, end: float) -> None:
+        self._uses.append(ResourceUse(kind, unit, coi, batch_no, activity, requested, start, end))
+
+    def qc_result(self, coi: str, batch_no: str, test: str, sampled: float, start: float, result_time: float,
+                  result: str, required_for_release: bool) -> None:
+        self._qc.append(QCResult(coi, batch_no, test, sampled, start, result_time, result, required_for_release))
+
+    def deviation(self, coi: str | None, batch_no: str | None, time: float, kind: str, severity: str, stage: str,
+                  detail: str, closed: float | None) -> None:
+        self._deviations.append(Deviation(coi, batch_no, time, kind, severity, stage, detail, closed))
+
+    def shipment(self, coi: str, batch_no: str, direction: str, origin: str, destination: str, depart: float,
+                 arrive: float, condition: str, hold_limit_days: float, excursion: bool) -> None:
+        self._shipments.append(
+            Shipment(coi, batch_no, direction, origin, destination, depart, arrive, condition, hold_limit_days,
+                     excursion)
+        )
+
+    def release(self, coi: str, batch_no: str, time: float, mode: str, signer_role: str, meaning: str,
+                results_pending: str) -> None:
+        self._releases.append(ReleaseRecord(coi, batch_no, time, mode, signer_role, meaning, results_pending))

@@ -10,7 +10,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 import simpy
 
@@ -234,7 +234,7 @@ class SlotBook:
         """Give back what is not yet used: the start and chair (if still ahead) and the suite reservation
         from ``from_day`` on; or leave the waitlist."""
         if ev.triggered:
-            d, a = ev.value
+            d, a = cast(tuple[int, int], ev.value)
             today = math.floor(self.env.now)
             if d >= today:
                 self.starts.cancel(d)

@@ -64,6 +64,6 @@ def shipper_excursion(gmp: GMP, transit_days: float) -> bool:
     return transit_days > gmp.shipper_hold_days
 
 
-def expired(expiry: float, when: float) -> bool:
-    """No shipping or infusion past expiry (rule 12)."""
-    return when > expiry
+def expired(expiry: float | None, when: float) -> bool:
+    """No shipping or infusion past expiry (rule 12); a batch not yet made has no expiry to pass."""
+    return expiry is not None and when > expiry

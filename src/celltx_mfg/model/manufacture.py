@@ -1,0 +1,176 @@
+"""Manufacture: the product's steps on exclusive units (suites, incubators, devices, freezers) and
+operators on shift, line clearance after open processing, and the one place a stopped batch gives its
+units and suite reservation back."""
+
+from __future__ import annotations
+
+import math
+from typing import NoReturn, cast
+
+from ..config import Step
+from . import rules
+from .base import ModelBase, Priority, Proc
+from .build import ProductPlan
+from .entities import Batch, BatchStopped, Outcome, Patient
+from .plant import UnitPool
+
+
+class Manufacture(ModelBase):
+    def end_reservation(self, b: Batch) -> None:
+        """The suite is back (or never needed): give the rest of its reservation to the slot book."""
+        if b.plan is not None:
+            tomorrow = math.floor(self.env.now) + 1
+            if b.plan_end > tomorrow:
+                b.plan.book(tomorrow, b.plan_end - tomorrow, -1)
+            b.plan = None
+            self.slotbook.serve_waitlist()
+
+    def release_held(self, p: Patient, b: Batch, kinds: list[str], processed: bool = True) -> None:
+        for kind in kinds:
+            unit, requested, start, first = b.held.pop(kind)
+            self.open_holds.pop((kind, unit), None)
+            self.record.resource_use(kind, unit, b.coi, b.batch_no, first, requested, start, self.env.now)
+            pool = self.pool_for(p, kind)
+            if kind == "suite" and processed:
+                self.env.process(self.line_clearance(pool, unit, b, p.infectious))
+            else:
+                pool.release(unit)
+            if kind == "suite":
+                self.end_reservation(b)
+
+    def line_clearance(self, pool: UnitPool, unit: str, b: Batch, infectious: bool) -> Proc:
+        """Clearance, cleaning and second-person verification before the next donor (rule 6); extra
+        decontamination after an infectious-marker-positive donor (rule 4)."""
+        gmp = self.sc.gmp
+        released = self.env.now
+        dur = self.stream("line_clearance", gmp.line_clearance).sample()
+        if infectious:
+            dur += self.stream("infectious_decontamination", gmp.infectious_decontamination).sample()
+        self.open_holds[("suite", unit)] = (b.coi, b.batch_no, "line_clearance", released, released)
+        yield from self.operators.acquire(gmp.clearance_operators, dur, (0, 0, 0, released))
+        start = self.env.now
+        yield self.env.timeout(dur)
+        self.operators.release(gmp.clearance_operators)
+        self.staff_use(self.operators, gmp.clearance_operators, b, "line_clearance", released, start)
+        self.open_holds.pop(("suite", unit), None)
+        self.record.resource_use("suite", unit, b.coi, b.batch_no, "line_clearance", released, released, self.env.now)
+        pool.release(unit)
+
+    def abandon(self, p: Patient, b: Batch, status: str, reason: str | None, processed: bool = True) -> None:
+        self.release_held(p, b, list(b.held), processed)
+        self.end_reservation(b)
+        b.status = status
+        b.failure_reason = reason
+
+    def manufacture(self, p: Patient, b: Batch) -> Proc:
+        """The product's steps in order. Any stop returns the batch's units and the rest of its suite
+        reservation here, in one place."""
+        sc = self.sc
+        steps = sc.products[p.product].steps
+        plan = self.plans[p.product]
+        prio = self.priority(p, b)
+        assert b.apheresis_end is not None  # collected before it is made
+        fresh = sc.gmp.starting_material == "fresh" and sc.gmp.on_hold_exceeded == "recollect"
+        deadline = b.apheresis_end + sc.gmp.fresh_hold_limit_hours / 24.0 if fresh else None
+        try:
+            for i, step in enumerate(steps):
+                yield from self.run_step(p, b, i, step, plan, prio, deadline if i == 0 else None)
+                if i + 1 < len(steps) and self.env.now >= p.dropout_at:
+                    self.lose(p, "dropout", p.dropout_at)
+                    raise BatchStopped(Outcome.LOST, "abandoned", "patient_lost")
+        except BatchStopped as stop:
+            self.abandon(p, b, stop.status, stop.reason, stop.processed)
+            return stop.outcome
+        b.mfg_end = self.env.now
+        b.expiry = self.env.now + sc.gmp.shelf_life_days
+        self.end_reservation(b)
+        return Outcome.MADE
+
+    def acquire_units(self, p: Patient, b: Batch, step: Step, kinds: list[str], prio: Priority,
+                      deadline: float | None) -> Proc:
+        """Take the units the step needs, in order. With a ``deadline`` (fresh material waiting for its
+        first step) QA rejects the material when its hold limit passes first (rule 3)."""
+        env = self.env
+        ready = env.now
+        for kind in kinds:
+            pool = self.pool_for(p, kind)
+            ev = pool.request(prio)
+            if not ev.triggered:
+                if deadline is not None:
+                    yield ev | env.timeout(max(0.0, deadline - env.now))
+                    if not ev.triggered:
+                        pool.cancel(ev)
+                        self.hold_exceeded_waiting(p, b, kind)
+                else:
+                    yield ev
+            unit = cast(str, ev.value)  # a granted request carries the unit name
+            b.held[kind] = [unit, ready, env.now, step.name]
+            if kind == "suite":
+                b.suite = unit
+            self.open_holds[(kind, unit)] = (b.coi, b.batch_no, step.name, ready, env.now)
+        return ready
+
+    def hold_exceeded_waiting(self, p: Patient, b: Batch, kind: str) -> NoReturn:
+        assert b.apheresis_end is not None
+        dev = rules.starting_material_hold(self.sc.gmp, b.apheresis_end, self.env.now + 1e-6)
+        assert dev is not None  # the deadline has passed
+        self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", f"{dev.detail} waiting for a {kind}")
+        raise BatchStopped(Outcome.RECOLLECT, "failed", "starting_material_hold_exceeded", processed=False)
+
+    def run_step(self, p: Patient, b: Batch, i: int, step: Step, plan: ProductPlan, prio: Priority,
+                 deadline: float | None) -> Proc:
+        env, sc = self.env, self.sc
+        ready = yield from self.acquire_units(p, b, step, plan.acquire[i], prio, deadline)
+        dur = self.stream(f"step:{p.product}:{step.name}", step.duration).sample()
+        # fresh starting material is on the clock: its first step goes ahead of routine work
+        urgent = i == 0 and sc.gmp.starting_material == "fresh"
+        if step.operators:
+            yield from self.operators.acquire(step.operators, dur, (0 if urgent else 1, *prio))
+        start = env.now
+        if i == 0:
+            stop = self.first_step_check(p, b, start)
+            if stop is not None:
+                self.operators.release(step.operators)
+                raise stop
+        yield env.timeout(dur)
+        if step.operators:
+            self.operators.release(step.operators)
+            self.staff_use(self.operators, step.operators, b, step.name, ready, start)
+        failure = step.failure
+        failed = failure is not None and self.stream(f"fail:{p.product}:{step.name}").sample() < failure.probability
+        units = ";".join(f"{k}:{v[0]}" for k, v in b.held.items())
+        self.record.step(p.coi, b.batch_no, step.name, i, ready, start, env.now, units, step.operators, step.open,
+                         "failed" if failed else "ok")
+        dev = rules.step_time_limit(step, dur)
+        if dev is not None:
+            self.deviation(b, p, dev.kind, dev.severity, "manufacturing", dev.detail)
+        if failed:
+            self.step_failure(p, b, step)
+        self.release_held(p, b, plan.release[i])
+
+    def first_step_check(self, p: Patient, b: Batch, start: float) -> BatchStopped | None:
+        """Starting material past its hold limit, or the patient gone, stops the batch before processing."""
+        sc = self.sc
+        assert b.apheresis_end is not None
+        dev = rules.starting_material_hold(sc.gmp, b.apheresis_end, start)
+        if dev is not None:
+            self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", dev.detail)
+            if sc.gmp.on_hold_exceeded == "recollect":
+                return BatchStopped(Outcome.RECOLLECT, "failed", "starting_material_hold_exceeded", processed=False)
+        b.mfg_start = start
+        if not self.enter(p, "manufacturing"):
+            return BatchStopped(Outcome.LOST, "abandoned", "patient_lost")
+        return None
+
+    def step_failure(self, p: Patient, b: Batch, step: Step) -> None:
+        """A failed step: out of specification goes on to QC; otherwise the batch stops here."""
+        assert step.failure is not None
+        cons = step.failure.consequence
+        self.deviation(b, p, "process_failure", "major", "manufacturing", f"{step.name} failed ({cons})")
+        if cons == "oos":
+            b.oos = True
+            return
+        if cons == "recollect":
+            raise BatchStopped(Outcome.RECOLLECT, "failed", f"{step.name}_failure")
+        self.lose(p, "manufacturing_failure")
+        raise BatchStopped(Outcome.LOST, "failed", f"{step.name}_failure")
