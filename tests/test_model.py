@@ -3,6 +3,7 @@ conserves patients and is reproducible."""
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import pytest
@@ -71,7 +72,7 @@ def test_segregation_and_line_clearance(run: tuple[Scenario, RunRecords]) -> Non
         uses.sort(key=lambda u: (u.start, u.activity != "line_clearance"))
         holds = [u for u in uses if u.activity != "line_clearance"]
         clears = {u.batch_no: u for u in uses if u.activity == "line_clearance"}
-        for a, b in zip(holds, holds[1:]):
+        for a, b in itertools.pairwise(holds):
             assert b.start >= a.end - EPS, f"{unit}: {a.batch_no} and {b.batch_no} overlap"
             c = clears.get(a.batch_no)
             if c is not None:  # a batch that processed in the suite is cleared before the next one
@@ -105,7 +106,7 @@ def test_no_unit_over_capacity(run: tuple[Scenario, RunRecords]) -> None:
             staff[u.kind].append((u.start, u.end))
     for key, spans in per_unit.items():
         spans.sort()
-        for (s0, e0), (s1, _) in zip(spans, spans[1:]):
+        for (_, e0), (s1, _) in itertools.pairwise(spans):
             assert s1 >= e0 - EPS, f"{key} double-booked"
     caps = {"operators": sc.resources.operators.count, "qc_analysts": sc.resources.qc_analysts.count,
             "qa_reviewers": sc.resources.qa_reviewers.count}
@@ -149,7 +150,7 @@ def test_step_order_and_hold_limit(run: tuple[Scenario, RunRecords]) -> None:
     for steps in by_batch.values():
         steps.sort(key=lambda s: s.seq)
         assert [s.seq for s in steps] == list(range(len(steps)))
-        for a, b in zip(steps, steps[1:]):
+        for a, b in itertools.pairwise(steps):
             assert b.ready >= a.end - EPS and b.start >= b.ready - EPS
     dev = {(d.batch_no, d.kind) for d in rec.deviations}
     if sc.gmp.starting_material == "fresh":

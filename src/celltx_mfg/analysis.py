@@ -218,12 +218,7 @@ def kpis(
     - ``oos_released`` = batches of B flagged oos that were released; ``recalls`` = batches of B recalled.
     Percentiles use numpy's linear method.
     """
-    runs = _run_ids(frames)
-    if len(runs) > 1:
-        raise ValueError(f"kpis() takes one run but the frames hold {len(runs)} runs; use kpis_by_run()")
-    if not horizon > warmup:
-        raise ValueError(f"horizon ({horizon}) must be greater than warmup ({warmup})")
-    f = {n: _table(frames, n) for n in _COLUMNS}
+    f = _one_run_tables(frames, horizon, warmup)
     cohort = _cohort(f["patients"], warmup, horizon)
     batches = f["batches"]
     batches = batches[batches["coi"].isin(set(cohort["coi"]))]
@@ -241,6 +236,15 @@ def kpis(
         "oos_released": int((_flag(batches, "oos") & np.isfinite(_num(batches, "released"))).sum()),
         "recalls": int(_flag(batches, "recalled").sum()),
     }
+
+
+def _one_run_tables(frames: Frames, horizon: float, warmup: float) -> dict[str, pd.DataFrame]:
+    runs = _run_ids(frames)
+    if len(runs) > 1:
+        raise ValueError(f"kpis() takes one run but the frames hold {len(runs)} runs; use kpis_by_run()")
+    if not horizon > warmup:
+        raise ValueError(f"horizon ({horizon}) must be greater than warmup ({warmup})")
+    return {n: _table(frames, n) for n in _COLUMNS}
 
 
 def _value_counts(df: pd.DataFrame, column: str) -> dict[str, int]:
