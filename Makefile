@@ -3,23 +3,42 @@
 #   make test  - set up .venv, install a browser for the UI test if possible, run the test suite
 #   make lint  - ruff and mypy on src/ (configured in pyproject.toml), then the longest/most complex functions
 #   make docs  - regenerate docs/validation.md and docs/reliability.md (tests never write tracked files)
+#   make lock  - re-pin requirements.lock (runtime) and requirements-dev.lock (tests, lint, extras) with hashes
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 DB     ?= celltx.db
 PORT   ?= 8501
 
-.PHONY: run test test-slow lint docs setup browser postgres bench clean
+.PHONY: run test test-slow lint docs lock setup browser postgres bench clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "celltx-mfg needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) --require-hashes -r requirements.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# What tests, lint and benchmarks need besides the runtime: pytest, hypothesis, playwright, ruff, mypy,
+# the PostgreSQL driver and Ray (pinned with the runtime in one lock, so the two never disagree).
+$(DEV): $(STAMP) requirements-dev.lock
+	$(PIP) --require-hashes -r requirements-dev.lock
+	touch $(DEV)
+
+# Re-pin both locks from pyproject.toml, keeping every version already pinned (delete a line to upgrade it).
+# Needs uv on PATH (pip install uv).
+LOCK = uv pip compile pyproject.toml - --python-version 3.11 --generate-hashes --no-header --no-annotate --quiet
+BUILD_PINS = printf 'setuptools==80.9.0\nwheel==0.48.0\n'
+lock:
+	cp requirements-dev.lock build-constraints.tmp
+	$(BUILD_PINS) | $(LOCK) -c build-constraints.tmp -o requirements.lock
+	$(BUILD_PINS) | $(LOCK) -c build-constraints.tmp --extra dev --extra postgres --extra ray -o requirements-dev.lock
+	rm -f build-constraints.tmp
 
 run: $(STAMP)
 	$(BIN)/celltx run scenarios/baseline.yaml --db $(DB)
@@ -42,24 +61,24 @@ postgres:
 	      || echo "postgresql could not be installed: PostgreSQL tests will skip"; \
 	  else echo "postgresql missing and cannot be installed here: PostgreSQL tests will skip"; fi; }
 
-test: $(STAMP) browser postgres
+test: $(DEV) browser postgres
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DEV)
 	$(BIN)/python -m pytest -q -m slow
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests dashboards benchmarks scripts
 	$(BIN)/mypy
 	@$(BIN)/python scripts/code_report.py
 
 # The reliability report lists every bad-input, fault and tampering case with its outcome, slow ones included.
-docs: $(STAMP)
+docs: $(DEV)
 	CELLTX_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md $(BIN)/python -m pytest -q -m "slow or not slow" \
 	  tests/test_fuzz_scenarios.py tests/test_faults.py tests/test_integrity.py
 	$(BIN)/python scripts/validation_report.py
 
-bench: $(STAMP)
+bench: $(DEV)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
