@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,7 @@ def test_empty_store_exports_every_table_with_the_declared_types(engine, tmp_pat
         assert t.num_rows == 0 and t.schema.equals(SCHEMAS[p.stem]), p.stem
         assert not any(pa.types.is_null(f.type) for f in t.schema), p.stem
     for p in store.export_csv(engine, tmp_path / "csv"):
-        assert p.read_text().splitlines() == [",".join(f'"{n}"' for n in SCHEMAS[p.stem].names)], p.stem
+        assert p.read_text().splitlines() == [",".join(SCHEMAS[p.stem].names)], p.stem
 
 
 def test_dataset_over_an_empty_and_a_full_export_reads(engine, full, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ renders it as `docs/data-dictionary.md`.
 import inspect
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -170,7 +171,7 @@ def _enums(t: sa.Table) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _arrow_type(col: sa.Column) -> pa.DataType:  # type: ignore[type-arg]
+def _arrow_type(col: sa.Column[Any]) -> pa.DataType:
     ty = col.type
     if isinstance(ty, sa.Boolean):
         return pa.bool_()

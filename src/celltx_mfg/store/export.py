@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 import yaml
@@ -22,7 +21,7 @@ from .arrow_schema import CATEGORY, SCHEMAS, TABLES, TIMESTAMP, Column
 from .schema import _ALL_TABLES, _BY_NAME, _SPECS, CORRECTION, RUN, SCENARIO, _Spec
 
 
-def _select(t: sa.Table, run_ids: Sequence[int] | None) -> sa.Select:  # type: ignore[type-arg]
+def _select(t: sa.Table, run_ids: Sequence[int] | None) -> sa.Select[Any]:
     q = sa.select(t)
     if run_ids is not None:
         ids = [int(i) for i in run_ids]
@@ -77,13 +76,19 @@ def _timestamps(values: list[Any]) -> pa.Array:
     return pa.array(out, type=TIMESTAMP)
 
 
-def _event_times(days: pa.Array, run_ids: list[Any], starts: dict[int, int]) -> pa.Array:
+def _day0(run_ids: list[Any], starts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's day 0 (microseconds since the epoch) and whether its run's start is unknown."""
+    ids = pd.Series(np.asarray(run_ids, dtype=np.int64))
+    base = ids.map(starts)
+    return base.fillna(0).to_numpy(dtype=np.int64), base.isna().to_numpy()
+
+
+def _event_times(days: pa.Array, day0: tuple[np.ndarray, np.ndarray]) -> pa.Array:
     """``start_date + days`` of each row's run, to the microsecond."""
     d = days.to_numpy(zero_copy_only=False).astype(np.float64)
-    base = np.array([starts.get(int(r), 0) for r in run_ids], dtype=np.int64)
-    missing = np.isnan(d) | np.array([int(r) not in starts for r in run_ids], dtype=bool)
+    base, unknown = day0
     us = base + np.round(np.nan_to_num(d) * 86_400_000_000).astype(np.int64)
-    return pa.array(us, type=pa.int64(), mask=missing).cast(TIMESTAMP)
+    return pa.array(us, type=pa.int64(), mask=np.isnan(d) | unknown).cast(TIMESTAMP)
 
 
 def _column(col: Column, values: list[Any]) -> pa.Array:
@@ -107,13 +112,15 @@ def table_arrow(conn: Connection, t: sa.Table, run_ids: Sequence[int] | None = N
     stored = {str(c.name): list(v) for c, v in zip(t.columns, columns, strict=True)}
     if starts is None and any(c.days_of for c in TABLES[t.name]):
         starts = _run_starts(conn)
+    day0 = _day0(stored["run_id"], starts or {}) if "run_id" in stored else None
     arrays: list[pa.Array] = []
     for col in TABLES[t.name]:
         if col.days_of is None:
             arrays.append(_column(col, stored[col.name]))
-        else:
+        else:  # event times are record-table columns: every row names its run
+            assert day0 is not None
             days = arrays[[c.name for c in TABLES[t.name]].index(col.days_of)]
-            arrays.append(_event_times(days, stored["run_id"], starts or {}))
+            arrays.append(_event_times(days, day0))
     return pa.Table.from_arrays(arrays, schema=SCHEMAS[t.name])
 
 
@@ -130,8 +137,12 @@ def _csv_ready(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=table.schema.names)
 
 
+_CSV_DTYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
 def _write_csv(table: pa.Table, path: Path) -> None:
-    pacsv.write_csv(_csv_ready(table), path)
+    """Through pandas' nullable integer and boolean dtypes: integers stay integers next to nulls."""
+    _csv_ready(table).to_pandas(types_mapper=_CSV_DTYPES.get).to_csv(path, index=False)
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
