@@ -1,19 +1,27 @@
 """Exports: every table as CSV or Parquet, and one batch's whole GMP record for a reviewer."""
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
+import yaml
 from sqlalchemy.engine import Connection, Engine
 
+from ..config import DEFAULT_START_DATE
 from ._common import StoreError, _reading, _where
-from .schema import _ALL_TABLES, _BY_NAME, _SPECS, CORRECTION, RUN, _Spec
+from .arrow_schema import CATEGORY, SCHEMAS, TABLES, TIMESTAMP, Column
+from .schema import _ALL_TABLES, _BY_NAME, _SPECS, CORRECTION, RUN, SCENARIO, _Spec
 
 
-def _table_frame(conn: Connection, t: sa.Table, run_ids: Sequence[int] | None) -> pd.DataFrame:
+def _select(t: sa.Table, run_ids: Sequence[int] | None) -> sa.Select[Any]:
     q = sa.select(t)
     if run_ids is not None:
         ids = [int(i) for i in run_ids]
@@ -24,34 +32,147 @@ def _table_frame(conn: Connection, t: sa.Table, run_ids: Sequence[int] | None) -
         elif t.name == "scenario":
             q = q.where(t.c.id.in_(sa.select(RUN.c.scenario_id).where(RUN.c.id.in_(ids))))
     order = [t.c.run_id, t.c.row_seq] if "row_seq" in t.c and t.name != "correction" else [list(t.primary_key)[0]]
-    res = conn.execute(q.order_by(*order))
-    df = pd.DataFrame(res.fetchall(), columns=list(res.keys()))
-    if "digest" in df.columns:
-        df["digest"] = [d.hex() if isinstance(d, bytes) else d for d in df["digest"]]
-    return df
+    return q.order_by(*order)
+
+
+def _start_date(text: str) -> dt.date:
+    """A scenario's ``start_date`` (day 0), read from its stored YAML; the config default if unset."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    value = data.get("start_date") if isinstance(data, dict) else None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    return DEFAULT_START_DATE
+
+
+def _run_starts(conn: Connection) -> dict[int, int]:
+    """Each run's day 0 as microseconds since the epoch (its scenario's ``start_date``, 00:00 UTC)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    by_scenario: dict[int, int] = {}
+    for sid, text in conn.execute(sa.select(SCENARIO.c.id, SCENARIO.c.text)):
+        day0 = dt.datetime.combine(_start_date(str(text)), dt.time(), tzinfo=UTC)
+        by_scenario[int(sid)] = (day0 - epoch) // dt.timedelta(microseconds=1)
+    return {int(rid): by_scenario[int(sid)] for rid, sid in conn.execute(sa.select(RUN.c.id, RUN.c.scenario_id))}
+
+
+def _timestamps(values: list[Any]) -> pa.Array:
+    """ISO-8601 text (naive means UTC) as UTC timestamps."""
+    out: list[dt.datetime | None] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        t = v if isinstance(v, dt.datetime) else dt.datetime.fromisoformat(str(v))
+        out.append(t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC))
+    return pa.array(out, type=TIMESTAMP)
+
+
+def _day0(run_ids: list[Any], starts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's day 0 (microseconds since the epoch) and whether its run's start is unknown."""
+    ids = pd.Series(np.asarray(run_ids, dtype=np.int64))
+    base = ids.map(starts)
+    return base.fillna(0).to_numpy(dtype=np.int64), base.isna().to_numpy()
+
+
+def _event_times(days: pa.Array, day0: tuple[np.ndarray, np.ndarray]) -> pa.Array:
+    """``start_date + days`` of each row's run, to the microsecond."""
+    d = days.to_numpy(zero_copy_only=False).astype(np.float64)
+    base, unknown = day0
+    us = base + np.round(np.nan_to_num(d) * 86_400_000_000).astype(np.int64)
+    return pa.array(us, type=pa.int64(), mask=np.isnan(d) | unknown).cast(TIMESTAMP)
+
+
+def _column(col: Column, values: list[Any]) -> pa.Array:
+    if col.type == TIMESTAMP:
+        return _timestamps(values)
+    if col.type == pa.bool_():
+        return pa.array([None if v is None else bool(v) for v in values], type=pa.bool_())
+    if col.type == CATEGORY:
+        return pa.array(values, type=pa.string()).dictionary_encode().cast(CATEGORY)
+    if col.type == pa.string():
+        values = [bytes(v).hex() if isinstance(v, bytes | memoryview) else v for v in values]
+    return pa.array(values, type=col.type)
+
+
+def table_arrow(conn: Connection, t: sa.Table, run_ids: Sequence[int] | None = None,
+                starts: dict[int, int] | None = None) -> pa.Table:
+    """One table's rows as Arrow, with exactly the declared schema (``arrow_schema.SCHEMAS``), also when
+    empty: digests as hex, entry times as UTC timestamps, each event time also as ``<field>_at``."""
+    rows = conn.execute(_select(t, run_ids)).fetchall()
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in t.columns]
+    stored = {str(c.name): list(v) for c, v in zip(t.columns, columns, strict=True)}
+    if starts is None and any(c.days_of for c in TABLES[t.name]):
+        starts = _run_starts(conn)
+    day0 = _day0(stored["run_id"], starts or {}) if "run_id" in stored else None
+    arrays: list[pa.Array] = []
+    for col in TABLES[t.name]:
+        if col.days_of is None:
+            arrays.append(_column(col, stored[col.name]))
+        else:  # event times are record-table columns: every row names its run
+            assert day0 is not None
+            days = arrays[[c.name for c in TABLES[t.name]].index(col.days_of)]
+            arrays.append(_event_times(days, day0))
+    return pa.Table.from_arrays(arrays, schema=SCHEMAS[t.name])
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Same columns for CSV: timestamps as ISO-8601 UTC text (as stored), categories as text."""
+    arrays = []
+    for f, a in zip(table.schema, table.columns, strict=True):
+        if f.type == TIMESTAMP:
+            a = pa.array([None if v is None else v.isoformat(timespec="microseconds") for v in a.to_pylist()],
+                         type=pa.string())
+        elif pa.types.is_dictionary(f.type):
+            a = a.cast(pa.string())
+        arrays.append(a)
+    return pa.Table.from_arrays(arrays, names=table.schema.names)
+
+
+_CSV_DTYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def _write_csv(table: pa.Table, path: Path) -> None:
+    """Through pandas' nullable integer and boolean dtypes: integers stay integers next to nulls."""
+    _csv_ready(table).to_pandas(types_mapper=_CSV_DTYPES.get).to_csv(path, index=False)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
 
 
 def _export(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None, suffix: str,
-            write: Callable[[pd.DataFrame, Path], None]) -> list[Path]:
+            write: Callable[[pa.Table, Path], None]) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     with _reading(engine) as conn:
+        starts = _run_starts(conn)
         for t in _ALL_TABLES:
             p = out / f"{t.name}.{suffix}"
-            write(_table_frame(conn, t, run_ids), p)
+            write(table_arrow(conn, t, run_ids, starts), p)
             paths.append(p)
     return paths
 
 
 def export_csv(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None = None) -> list[Path]:
-    """One CSV per table (runs, scenarios, corrections and every record table); digests as hex."""
-    return _export(engine, out_dir, run_ids, "csv", lambda df, p: df.to_csv(p, index=False))
+    """One CSV per table (runs, scenarios, corrections and every record table), the same columns as
+    ``export_parquet``: digests as hex, timestamps ISO-8601 UTC, integers as integers."""
+    return _export(engine, out_dir, run_ids, "csv", _write_csv)
 
 
 def export_parquet(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None = None) -> list[Path]:
-    """One Parquet file per table, same content as ``export_csv``."""
-    return _export(engine, out_dir, run_ids, "parquet", lambda df, p: df.to_parquet(p, index=False))
+    """One Parquet file per table with its declared Arrow schema (``store.arrow_schema``; see
+    docs/data-dictionary.md), the same schema when a table is empty."""
+    return _export(engine, out_dir, run_ids, "parquet", _write_parquet)
 
 
 def _newest_run_of(conn: Connection, coi: str) -> int | None:
@@ -80,6 +201,11 @@ def _coi_rows(conn: Connection, spec: _Spec, order: int, run_id: int, coi: str) 
     df = pd.DataFrame(res.fetchall(), columns=list(res.keys()))
     if df.empty:
         return df
+    # nullable integer and boolean dtypes: concatenating tables must not turn integers into floats
+    ints = {"run_id": "Int64", "row_seq": "Int64"}
+    ints.update({f: {"int": "Int64", "bool": "boolean"}[k] for f, k in zip(spec.fields, spec.kinds, strict=True)
+                 if k in ("int", "bool")})
+    df = df.astype(ints)
     when = pd.Series(np.nan, index=df.index)
     for f in spec.time_fields:
         when = when.fillna(pd.to_numeric(df[f], errors="coerce"))
