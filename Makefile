@@ -77,6 +77,7 @@ docs: $(DEV)
 	CELLTX_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md $(BIN)/python -m pytest -q -m "slow or not slow" \
 	  tests/test_fuzz_scenarios.py tests/test_faults.py tests/test_integrity.py
 	$(BIN)/python scripts/validation_report.py
+	$(BIN)/python scripts/data_dictionary.py
 
 bench: $(DEV)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
