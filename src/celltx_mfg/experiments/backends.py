@@ -197,22 +197,45 @@ class LocalPoolBackend:
 
 
 # ---------------------------------------------------------------------------------------------- Ray
+_RAY_INSTALL = "pip install 'celltx-mfg[ray]'"
+_LOOPBACK = "127.0.0.1"
+
+
 def import_ray() -> Any:
     """Ray is an optional extra (``pip install celltx-mfg[ray]``)."""
     try:
         import ray
     except ImportError as e:
-        raise ExperimentError(f"--backend ray needs Ray (pip install 'celltx-mfg[ray]'): {e}") from None
+        raise ExperimentError(f"--backend ray needs Ray ({_RAY_INSTALL}): {e}") from None
     return ray
+
+
+def _client_missing(e: BaseException | None = None) -> ExperimentError:
+    why = f" ({e})" if e else ""
+    return ExperimentError(f"--ray-address ray://... needs the Ray client, which is not installed{why}: "
+                           f"{_RAY_INSTALL} (the extra includes ray[client])")
+
+
+def check_ray_client() -> None:
+    """A ``ray://`` address goes through the Ray client, which needs gRPC: plain ``ray`` lacks it and
+    fails deep inside ``ray.init``; ``ray[client]`` (in our extra) adds it."""
+    try:
+        import grpc  # noqa: F401
+        import ray.util.client  # noqa: F401
+    except ImportError as e:
+        raise _client_missing(e) from None
 
 
 class RayBackend:
     """Ray tasks on a local Ray (started here, stopped at the end) or on a cluster (``ray_address``:
     ``auto`` on a cluster node, ``ray://head:10001`` from outside). On a cluster the package source is
-    shipped with the tasks so every node runs the driver's model version."""
+    shipped with the tasks so every node runs the driver's model version. A local Ray is this machine's
+    alone: its node address is the loopback, and it has no dashboard."""
 
     def __init__(self, jobs: int, address: str | None) -> None:
         ray = import_ray()
+        if address and address.startswith("ray://"):
+            check_ray_client()
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
@@ -221,13 +244,21 @@ class RayBackend:
         self._refs: dict[int, Any] = {}
 
     def _init(self, jobs: int, address: str | None) -> None:
-        if address:
-            package = str(Path(__file__).resolve().parents[1])
-            self._ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
-                           runtime_env={"py_modules": [package]})
-        else:
-            self._ray.init(num_cpus=max(1, jobs), include_dashboard=False, ignore_reinit_error=True,
-                           log_to_driver=False)
+        try:
+            if address:
+                package = str(Path(__file__).resolve().parents[1])
+                self._ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                               runtime_env={"py_modules": [package]})
+            else:
+                self._ray.init(num_cpus=max(1, jobs), include_dashboard=False, ignore_reinit_error=True,
+                               log_to_driver=False, _node_ip_address=_LOOPBACK)
+        except ImportError as e:  # a part of the client missing that the check above did not see
+            if address and address.startswith("ray://"):
+                raise _client_missing(e) from None
+            raise ExperimentError(f"--backend ray: Ray is incomplete ({_RAY_INSTALL}): {e}") from None
+        except (ConnectionError, TimeoutError) as e:
+            where = address or "a local Ray"
+            raise ExperimentError(f"--backend ray: cannot connect to {where}: {e}") from None
         self._started = True
 
     def _scenario_ref(self, scenario: Scenario) -> Any:

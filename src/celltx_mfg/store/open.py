@@ -3,6 +3,10 @@
 SQLite connections get WAL (readers never block the writer), a 30 s busy timeout (parallel writers
 queue instead of failing), synchronous=NORMAL and foreign keys on. A read-only open never writes; a
 writable open probes a write so that a read-only file fails at once, not after a long simulation.
+
+Every open reads the store's schema version (store/migrate.py): a store written by a newer celltx-mfg
+is refused untouched, an older one of ours is migrated by a writable open (a read-only open refuses it),
+and an empty database gets the schema.
 """
 
 import os
@@ -19,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from ._common import OPEN_ERRORS, StoreError, _reason
+from .migrate import check_not_newer, has_our_tables, migrate, read_version, write_version
 from .schema import _ALL_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION, _append_only_ddl, _append_only_ddl_pg
 
 _BUSY_TIMEOUT_S = 30
@@ -122,23 +127,54 @@ def _check_is_store(conn: Connection, where: str) -> None:
         raise StoreError(f"cannot open store {where}: not a celltx store (missing tables {sorted(missing)})")
 
 
-def _create_schema(conn: Connection, sqlite: bool) -> None:
-    """Tables (if new), the append-only triggers and the schema version: the version is a real write,
-    so a read-only file fails now."""
+def _check_readable(conn: Connection, where: str) -> None:
+    """A read-only open: a celltx store of this schema version (it cannot migrate one)."""
+    version = read_version(conn)
+    check_not_newer(version, where)
+    _check_is_store(conn, where)
+    if version < SCHEMA_VERSION:
+        raise StoreError(f"cannot open store {where}: schema version {version} is older than this "
+                         f"celltx-mfg's {SCHEMA_VERSION}; open it writable once (e.g. celltx verify) to migrate it")
+
+
+def _create_schema(conn: Connection, where: str, sqlite: bool) -> None:
+    """In one transaction: check the version, migrate an older store of ours, create the tables (if new)
+    and the append-only triggers, and write the schema version: a real write, so a read-only file fails
+    now."""
     postgres = conn.dialect.name == "postgresql"
     if sqlite:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif postgres:  # parallel openers create the schema one at a time
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242131)")
+    version = read_version(conn)
+    check_not_newer(version, where)  # raising rolls back: nothing was written
+    if version < SCHEMA_VERSION and (version > 0 or has_our_tables(conn)):
+        migrate(conn, version, where)
     SQLModel.metadata.create_all(conn, tables=_ALL_TABLES)
     if sqlite:
         for ddl in _append_only_ddl():
             conn.exec_driver_sql(ddl)
-        conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
     elif postgres:
         for ddl in _append_only_ddl_pg():
             conn.exec_driver_sql(ddl.replace("%", "%%"))  # the driver reads % as a placeholder
+    write_version(conn, SCHEMA_VERSION)
     conn.commit()
+
+
+def _precheck_version(target: _Target) -> None:
+    """Before a writable engine touches an existing SQLite file (WAL mode, -wal and -shm files), refuse a
+    newer store from a read-only look at its header; anything unreadable is left to the open to report."""
+    if not target.file or not Path(target.file).is_file():
+        return
+    try:
+        con = sqlite3.connect(Path(target.file).absolute().as_uri() + "?mode=ro", uri=True)
+        try:
+            version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return
+    check_not_newer(version, target.where)
 
 
 def _unwritable_hint(target: _Target) -> str:
@@ -153,9 +189,9 @@ def _prepare(engine: Engine, target: _Target, readonly: bool) -> None:
     try:
         with engine.connect() as conn:
             if readonly:
-                _check_is_store(conn, target.where)
+                _check_readable(conn, target.where)
             else:
-                _create_schema(conn, target.sqlite)
+                _create_schema(conn, target.where, target.sqlite)
     except StoreError:
         engine.dispose()
         raise
@@ -172,6 +208,7 @@ def open_store(db: str = DEFAULT_DB, *, readonly: bool = False) -> Engine:
     """
     target = _locate(db, readonly)
     if not readonly:
+        _precheck_version(target)
         _make_directory(target)
     engine = _create_engine(target, readonly)
     _prepare(engine, target, readonly)

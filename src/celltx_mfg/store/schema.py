@@ -20,7 +20,8 @@ from ..records import RunRecords
 from ._common import _q
 from .hashing import RowBody, RowChain, compile_row_code
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a store this module created
+SCHEMA_VERSION = 1  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
+# raising it needs a step in store/migrate.py MIGRATIONS
 
 RESOURCE_KINDS = ("suite", "incubator", "closed_device", "freezer", "operators", "qc_analysts",
                   "qa_reviewers", "apheresis", "manufacturing_slot", "infusion")
