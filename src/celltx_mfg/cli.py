@@ -36,6 +36,7 @@ from .cli_common import (
     fmt_value,
     handled,
     headline,
+    json_numbers,
     load_or_exit,
     open_db,
     progress_bar,
@@ -119,7 +120,8 @@ def run(
     sc, result = _replicate(file, db, seed, replications, jobs, backend, ray_address, as_json)
     run_ids, kpis = result.run_ids, _headline(result)
     if as_json:
-        print(json.dumps({"command": "run", "scenario": sc.name, "runs": run_ids, "kpis": kpis}, default=float))
+        print(json.dumps({"command": "run", "scenario": sc.name, "runs": run_ids, "kpis": json_numbers(kpis)},
+                         default=float))
         return
     title = f"{sc.name}: {len(run_ids)} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {db}"
     out.print(kpi_table(title, kpis))
@@ -192,7 +194,7 @@ def kpis(
     ids = _runs_for(engine, run, scenario)
     result = stored_kpis(engine, ids)
     if as_json:
-        print(json.dumps({"command": "kpis", "runs": ids, "kpis": result}, default=float))
+        print(json.dumps({"command": "kpis", "runs": ids, "kpis": json_numbers(result)}, default=float))
     else:
         out.print(kpi_table(f"runs {ids} in {db}", result))
 
@@ -250,7 +252,7 @@ def check(
     failed = [r for r in results if not r.ok]
     if as_json:
         print(json.dumps({"command": "check", "scenario": sc.name, "ok": not failed,
-                          "requirements": [r._asdict() for r in results]}, default=float))
+                          "requirements": [json_numbers(r._asdict()) for r in results]}, default=float))
     else:
         for r in results:
             mark = "PASS" if r.ok else "FAIL"

@@ -103,25 +103,27 @@ def fmt_value(v: Any) -> str:
 
 def headline(per_run: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The KPIs the commands print and gate on, in one shape for any number of replications: the means
-    (a run's own values when there is one), ``ci95`` (None for one run) and ``replications``. Counts are
-    floats either way (a mean of counts is one), so a reader sees the same types for ``-r 1`` and ``-r 3``."""
+    (a run's own values when there is one), ``ci95`` (None for one run) and ``replications``."""
     from .analysis import summarise
 
     if len(per_run) != 1:
         return dict(summary if summary is not None else summarise(per_run))
-    one: dict[str, Any] = _floats(per_run[0])
-    one["ci95"] = None
-    one["replications"] = 1
-    return one
+    return {**per_run[0], "ci95": None, "replications": 1}
 
 
-def _floats(d: Mapping[str, Any]) -> dict[str, Any]:
-    def conv(v: Any) -> Any:
+def json_numbers(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` for --json: integer KPI values as floats (the ``replications`` count excepted), so a count has
+    the type of a mean of counts and a reader sees the same types for ``-r 1`` and ``-r 3``. Values are
+    unchanged; tables keep printing a single run's counts as integers."""
+
+    def conv(key: str, v: Any) -> Any:
         if isinstance(v, Mapping):
-            return _floats(v)
-        return float(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+            return json_numbers(v)
+        if key == "replications" or isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            return v
+        return float(v)
 
-    return {k: conv(v) for k, v in d.items()}
+    return {k: conv(k, v) for k, v in d.items()}
 
 
 def check_requirement_syntax(options: list[str]) -> list[str]:
