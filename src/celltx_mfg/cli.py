@@ -1,17 +1,18 @@
 """`celltx`: the planner's command line. Thin: every command calls config, simulate, store and analysis.
 
-Exit codes: 0 success; 1 a requirement (`check`) or verification failed; 2 bad input (file, option,
-database) with a one-screen message and no traceback.
+Exit codes (also in `celltx --help`): 0 success; 1 a requirement (`check`), verification or capacity plan
+not met; 2 bad input (file, option, database) with a one-screen message and no traceback; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -21,17 +22,21 @@ from . import __version__
 from .cli_common import (
     BACKEND_OPTION,
     DB_OPTION,
+    EXIT_CODES,
     FILE_HELP,
     JOBS_OPTION,
     RAY_OPTION,
     REPLICATIONS_OPTION,
     SEED_OPTION,
-    check_backend,
+    Backend,
+    ExportFormat,
     check_requirement_syntax,
     err,
     fail,
     fmt_value,
     handled,
+    headline,
+    json_numbers,
     load_or_exit,
     open_db,
     progress_bar,
@@ -41,12 +46,26 @@ app = typer.Typer(
     name="celltx",
     help="Simulate autologous cell-therapy (CAR-T) manufacturing under GMP rules: run scenarios, store "
     "every batch record in SQLite, report throughput, vein-to-vein time, waits, utilisation and losses.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"celltx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """The app's options (``--version``); the help text is the app's."""
 
 
 def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
@@ -66,25 +85,24 @@ def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
 
 
 def _replicate(file: Path, db: str | None, seed: int | None, replications: int | None, jobs: int,
-               backend: str, ray_address: str | None, quiet: bool) -> tuple[Any, Any]:
+               backend: Backend, ray_address: str | None, quiet: bool) -> tuple[Any, Any]:
     """The one replication path (:func:`experiments.replicate_scenario`) as the simulating commands
     call it: the scenario checked, the store opened, every replication stored whole, KPIs per run."""
-    from .experiments import BackendName, replicate_scenario
+    from .experiments import replicate_scenario
 
-    check_backend(backend)
     sc, text = load_or_exit(file)
     engine = open_db(db)
     n = replications or sc.replications
     with handled(db), progress_bar(quiet or n <= 1, sc.name) as progress:
         result = replicate_scenario(sc, text, n, engine=engine, seed=seed, jobs=jobs,
-                                    backend=cast(BackendName, backend), ray_address=ray_address, progress=progress)
+                                    backend=backend.value, ray_address=ray_address,
+                                    progress=progress)
     return sc, result
 
 
 def _headline(result: Any) -> dict[str, Any]:
-    """One run's KPIs as they are; several summarised with their 95% intervals."""
-    per_run = result.per_run
-    return per_run[0] if len(per_run) == 1 else result.summary
+    """The KPIs in one shape for any number of replications (:func:`cli_common.headline`)."""
+    return headline(result.per_run, result.summary)
 
 
 @app.command()
@@ -94,7 +112,7 @@ def run(
     seed: int | None = SEED_OPTION,
     replications: int | None = REPLICATIONS_OPTION,
     jobs: int = JOBS_OPTION,
-    backend: str = BACKEND_OPTION,
+    backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
@@ -102,7 +120,8 @@ def run(
     sc, result = _replicate(file, db, seed, replications, jobs, backend, ray_address, as_json)
     run_ids, kpis = result.run_ids, _headline(result)
     if as_json:
-        print(json.dumps({"scenario": sc.name, "runs": run_ids, "kpis": kpis}, default=float))
+        print(json.dumps({"command": "run", "scenario": sc.name, "runs": run_ids, "kpis": json_numbers(kpis)},
+                         default=float))
         return
     from .store import display_url
 
@@ -150,9 +169,8 @@ def _runs_for(engine: Any, run: list[int] | None, scenario: str | None) -> list[
 
 
 def stored_kpis(engine: Any, run_ids: list[int]) -> dict[str, Any]:
-    """KPIs of stored runs: one run as is, several summarised with intervals."""
+    """KPIs of stored runs, in the shape `run` prints (means, ``ci95``, ``replications``)."""
     from .analysis import kpis as compute_kpis
-    from .analysis import summarise
     from .store import load_frames, load_run_meta
 
     per_run = []
@@ -160,7 +178,7 @@ def stored_kpis(engine: Any, run_ids: list[int]) -> dict[str, Any]:
         meta = load_run_meta(engine, rid)
         frames = load_frames(engine, [rid])
         per_run.append(compute_kpis(frames, meta["horizon"], meta["warmup"], meta.get("costs")))
-    return per_run[0] if len(per_run) == 1 else summarise(per_run)
+    return headline(per_run)
 
 
 @app.command()
@@ -178,7 +196,7 @@ def kpis(
     ids = _runs_for(engine, run, scenario)
     result = stored_kpis(engine, ids)
     if as_json:
-        print(json.dumps({"runs": ids, "kpis": result}, default=float))
+        print(json.dumps({"command": "kpis", "runs": ids, "kpis": json_numbers(result)}, default=float))
     else:
         from .store import display_url
 
@@ -188,7 +206,7 @@ def kpis(
 @app.command()
 def export(
     db: str = DB_OPTION,
-    fmt: str = typer.Option("csv", "--format", help="csv or parquet"),
+    fmt: ExportFormat = typer.Option(ExportFormat.csv, "--format", help="table file format"),
     out_dir: Path = typer.Option(Path("export"), "--out", help="output folder (or file for --batch)"),
     run: list[int] | None = typer.Option(None, "--run", help="run id(s); default all"),
     batch: str | None = typer.Option(None, "--batch", help="one chain-of-identity id: its whole record as one CSV"),
@@ -196,8 +214,6 @@ def export(
     """Export tables (one file per table) or one batch's whole GMP record for a QA reviewer."""
     from . import store
 
-    if fmt not in ("csv", "parquet"):
-        fail(f"--format: {fmt!r} is not allowed; use csv or parquet")
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
     engine = open_db(db, readonly=True)
@@ -209,7 +225,7 @@ def export(
             out.print(f"wrote {n} rows of {batch} to {target}", markup=False)
             return
         out_dir.mkdir(parents=True, exist_ok=True)
-        fn = store.export_csv if fmt == "csv" else store.export_parquet
+        fn = store.export_csv if fmt is ExportFormat.csv else store.export_parquet
         written = fn(engine, out_dir, run_ids=run)
     except (store.StoreError, OSError, ValueError, KeyError) as e:
         fail(f"export failed: {e}")
@@ -224,7 +240,7 @@ def check(
     db: str | None = typer.Option(None, "--db", help="also store the runs here"),
     replications: int | None = REPLICATIONS_OPTION,
     jobs: int = JOBS_OPTION,
-    backend: str = BACKEND_OPTION,
+    backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -239,8 +255,8 @@ def check(
         fail(f"--require: {e}")
     failed = [r for r in results if not r.ok]
     if as_json:
-        print(json.dumps({"scenario": sc.name, "ok": not failed,
-                          "requirements": [r._asdict() for r in results]}, default=float))
+        print(json.dumps({"command": "check", "scenario": sc.name, "ok": not failed,
+                          "requirements": [json_numbers(r._asdict()) for r in results]}, default=float))
     else:
         for r in results:
             mark = "PASS" if r.ok else "FAIL"
@@ -280,9 +296,12 @@ def dashboard(
     host: str = typer.Option("127.0.0.1", "--host"),
 ) -> None:
     """Serve the Streamlit dashboard on the given database (Ctrl-C stops it)."""
-    app_file = Path(__file__).resolve().parents[2] / "dashboards" / "Overview.py"
-    if not app_file.exists():
-        fail(f"dashboard files not found at {app_file}")
+    from .resources import ResourceMissing, dashboard_app
+
+    try:
+        app_file = dashboard_app()
+    except ResourceMissing as e:
+        fail(f"dashboard files not found: {e}")
     env = dict(os.environ, CELLTX_DB=db)
     from .store import display_url
 
@@ -294,6 +313,35 @@ def dashboard(
         raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(..., help="folder to write the example scenarios to (created if missing)"),
+    force: bool = typer.Option(False, "--force", help="overwrite scenario files already there"),
+) -> None:
+    """Write the example scenarios (baseline.yaml and its what-ifs) to a folder, to run and edit."""
+    from .resources import ResourceMissing, example_scenarios
+
+    try:
+        sources = example_scenarios()
+    except ResourceMissing as e:
+        fail(f"example scenarios not found: {e}")
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} exists and is not a folder")
+    clash = [directory / s.name for s in sources if (directory / s.name).exists()]
+    if clash and not force:
+        fail(f"{len(clash)} file(s) already exist, not overwritten (use --force): "
+             + ", ".join(str(p) for p in clash))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for s in sources:
+            shutil.copyfile(s, directory / s.name)
+    except OSError as e:
+        fail(f"cannot write to {directory}: {e}")
+    out.print(f"wrote {len(sources)} scenario(s) to {directory}: " + ", ".join(s.name for s in sources),
+              markup=False)
+    out.print(f"next: celltx run {directory / sources[0].name}", markup=False)
 
 
 @app.command()

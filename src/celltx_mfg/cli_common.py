@@ -4,8 +4,10 @@ bad input into a one-screen message and exit code 2 (never a traceback)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,7 +19,24 @@ from . import DEFAULT_DB as DEFAULT_DB
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-BACKENDS = ("local", "ray")
+class Backend(StrEnum):
+    """Where replications run (``--backend``); click checks the choice and --help lists it."""
+
+    local = "local"
+    ray = "ray"
+
+
+class ExportFormat(StrEnum):
+    """Table file format of ``celltx export --format``."""
+
+    csv = "csv"
+    parquet = "parquet"
+
+
+BACKENDS = tuple(b.value for b in Backend)
+EXIT_CODES = ("Exit codes: 0 success; 1 a requirement (check), the record verification (verify) or the capacity "
+              "plan (plan) not met; 2 bad input (file, option, database), with a message and no traceback; "
+              "130 interrupted (finished runs stay stored).")
 REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_to_vein_days.p90<=28')"
 
 FILE_HELP = "scenario YAML file"
@@ -34,7 +53,7 @@ SEED_HELP = "base seed (default: the scenario's seed)"
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help=DB_HELP)
 JOBS_OPTION = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP)
 NO_STORE_OPTION = typer.Option(False, "--no-store", help="do not store the runs")
-BACKEND_OPTION = typer.Option("local", "--backend", help=BACKEND_HELP)
+BACKEND_OPTION = typer.Option(Backend.local, "--backend", help=BACKEND_HELP)
 RAY_OPTION = typer.Option(None, "--ray-address", help=RAY_HELP)
 JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
 KPI_OPTION = typer.Option([], "--kpi", help=KPI_HELP)
@@ -82,10 +101,29 @@ def fmt_value(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def check_backend(backend: str) -> None:
-    """``--backend`` is one of :data:`BACKENDS`; anything else exits 2 naming the allowed values."""
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"{backend!r}: expected local or ray", param_hint="'--backend'")
+def headline(per_run: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The KPIs the commands print and gate on, in one shape for any number of replications: the means
+    (a run's own values when there is one), ``ci95`` (None for one run) and ``replications``."""
+    from .analysis import summarise
+
+    if len(per_run) != 1:
+        return dict(summary if summary is not None else summarise(per_run))
+    return {**per_run[0], "ci95": None, "replications": 1}
+
+
+def json_numbers(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` for --json: integer KPI values as floats (the ``replications`` count excepted), so a count has
+    the type of a mean of counts and a reader sees the same types for ``-r 1`` and ``-r 3``. Values are
+    unchanged; tables keep printing a single run's counts as integers."""
+
+    def conv(key: str, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return json_numbers(v)
+        if key == "replications" or isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            return v
+        return float(v)
+
+    return {k: conv(k, v) for k, v in d.items()}
 
 
 def check_requirement_syntax(options: list[str]) -> list[str]:

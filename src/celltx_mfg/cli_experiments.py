@@ -1,7 +1,7 @@
 """`celltx sweep | compare | plan`: the experiment commands, registered on the main app by ``register``.
 
 Thin: options are parsed and checked here, the work is :mod:`celltx_mfg.experiments`. Exit codes follow
-the main CLI: 0 done; 1 ``plan`` found no lever value meeting the requirements; 2 bad input (file,
+the main CLI (``EXIT_CODES``): 0 done; 1 ``plan`` found no lever value meeting the requirements; 2 bad input (file,
 option, database) with a message and no traceback; 130 interrupted (finished runs stay stored).
 """
 
@@ -29,7 +29,7 @@ from .cli_common import (
     NO_STORE_OPTION,
     RAY_OPTION,
     REQUIRE_FORM,
-    check_backend,
+    Backend,
     check_requirement_syntax,
     err,
     fmt_value,
@@ -122,7 +122,7 @@ def sweep(
     jobs: int = JOBS_OPTION,
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     no_store: bool = NO_STORE_OPTION,
-    backend: str = BACKEND_OPTION,
+    backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = JSON_OPTION,
     precision: list[str] = typer.Option([], "--precision", help=f"add replications until the 95% "
@@ -138,7 +138,6 @@ def sweep(
 
     levers = parse_vary(vary)
     targets = parse_precision(precision)
-    check_backend(backend)
     loaded = [(f, *load_or_exit(f)) for f in files]
     with handled():
         cells = []
@@ -146,7 +145,7 @@ def sweep(
             cells.extend(ex.grid(sc, text, levers, source=str(f), base_dir=f.parent))
         engine = None if no_store else open_db(db)
         with progress_bar(as_json, "sweep") as progress:
-            result = ex.sweep(cells, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
+            result = ex.sweep(cells, replications, jobs=jobs, backend=backend.value, engine=engine,
                               progress=progress, ray_address=ray_address, precision=targets or None,
                               max_replications=max_replications)
     if as_json:
@@ -213,7 +212,7 @@ def compare(
     jobs: int = JOBS_OPTION,
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     no_store: bool = NO_STORE_OPTION,
-    backend: str = BACKEND_OPTION,
+    backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = JSON_OPTION,
     kpi: list[str] = KPI_OPTION,
@@ -226,12 +225,11 @@ def compare(
 
     if len(files) < 2:
         raise typer.BadParameter("give a reference scenario and at least one what-if", param_hint="FILES")
-    check_backend(backend)
     scenarios = [load_or_exit(f) for f in files]
     with handled():
         engine = None if no_store else open_db(db)
         with progress_bar(as_json, "compare") as progress:
-            result = ex.compare(scenarios, replications, jobs=jobs, backend=backend, engine=engine,  # type: ignore[arg-type]
+            result = ex.compare(scenarios, replications, jobs=jobs, backend=backend.value, engine=engine,
                                 progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
     if as_json:
         _print_json(_compare_json(result, replications, None if no_store else db))
@@ -291,7 +289,7 @@ def plan(
     replications: int = typer.Option(10, "--replications", "-r", min=1, help="replications per value tried"),
     jobs: int = JOBS_OPTION,
     db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
-    backend: str = BACKEND_OPTION,
+    backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -304,13 +302,12 @@ def plan(
     check_requirement_syntax(require)
     if lo > hi:
         raise typer.BadParameter(f"--min ({lo}) must be <= --max ({hi})", param_hint="'--min'")
-    check_backend(backend)
     sc, text = load_or_exit(file)
     with handled():
         engine = open_db(db)
         with progress_bar(as_json, f"plan {lever}") as progress:
             result = ex.plan(sc, text, lever, require, lo=lo, hi=hi, replications=replications, jobs=jobs,
-                             backend=backend, engine=engine, progress=progress,  # type: ignore[arg-type]
+                             backend=backend.value, engine=engine, progress=progress,
                              ray_address=ray_address, source=str(file), base_dir=file.parent)
     if as_json:
         _print_json(_plan_json(result, sc.name, lo, hi, replications))
