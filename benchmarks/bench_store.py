@@ -1,7 +1,9 @@
 """How much the GMP batch log costs: write_run (digests, constraints, one transaction) against a bare
-sqlite3 executemany of the same step-event tuples, both measured in this run on this machine.
+sqlite3 executemany of the same step-event tuples, both measured in this run on this machine; then write
+and verify rates on SQLite and on a throw-away PostgreSQL server side by side (skipped, with the reason,
+where no server can be started).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_store.py [--steps 1000000]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_store.py [--steps 1000000] [--backend-steps 200000]
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests.pgserver: the same throw-away server the tests use
 
 from celltx_mfg import store  # noqa: E402
 from celltx_mfg.records import (  # noqa: E402
@@ -80,9 +84,49 @@ def raw_baseline(path: Path, rows: list[tuple]) -> tuple[float, float]:
     return elapsed
 
 
+def write_and_verify(url: str, rec: RunRecords) -> tuple[float, float]:
+    """Seconds to write one run whole and to verify it, on the store at ``url``."""
+    engine = store.open_store(url)
+    try:
+        t = time.perf_counter()
+        run_id = store.write_run(engine, "bench", "name: bench\n", rec)
+        write = time.perf_counter() - t
+        t = time.perf_counter()
+        problems = store.verify(engine, run_id)
+        check = time.perf_counter() - t
+        assert not problems
+        return write, check
+    finally:
+        engine.dispose()
+
+
+def backends(n_steps: int) -> None:
+    """Write and verify rates of the same run on SQLite and PostgreSQL, measured in this run."""
+    from tests.pgserver import PgUnavailable, throwaway_server
+
+    rec = synthetic_run(n_steps)
+    rows = sum(len(getattr(rec, n)) for n, _ in RunRecords.TABLES)
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        results["sqlite"] = write_and_verify(str(Path(d) / "b.db"), rec)
+    try:
+        with throwaway_server() as server:
+            results["postgresql"] = write_and_verify(server.create_db(), rec)
+    except PgUnavailable as e:
+        print(f"postgresql: skipped ({e})")
+    print(f"backends, {rows:,} rows in one run:")
+    for name, (write, check) in results.items():
+        print(f"  {name:<10} write_run {write:6.2f} s {rows / write:>9,.0f} rows/s   "
+              f"verify {check:6.2f} s {rows / check:>9,.0f} rows/s")
+    if len(results) == 2:
+        (ws, vs), (wp, vp) = results["sqlite"], results["postgresql"]
+        print(f"  postgresql / sqlite time: write {wp / ws:.2f}x, verify {vp / vs:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1_000_000)
+    ap.add_argument("--backend-steps", type=int, default=200_000)
     args = ap.parse_args()
     rec = synthetic_run(args.steps)
     others = sum(len(getattr(rec, n)) for n, _ in RunRecords.TABLES) - len(rec.steps)
@@ -114,6 +158,7 @@ def main() -> None:
     print(f"verify                              : {check:6.2f} s  {(n + others) / check:>10,.0f} rows/s")
     print(f"load_frames                         : {load:6.2f} s")
     print(f"database size                       : {size / 1e6:6.0f} MB")
+    backends(args.backend_steps)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,10 @@ class PgServer:
         return self.url(name)
 
 
+class PgUnavailable(Exception):
+    """No server can be started here; the message says why (tests skip with it, benchmarks print it)."""
+
+
 def _bin_dir() -> Path | None:
     found = shutil.which("initdb")
     if found:
@@ -66,9 +71,9 @@ def _as_server_user() -> list[str]:
 
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no postgres user to run a PostgreSQL server as")
+        raise PgUnavailable("running as root and there is no postgres user to run a PostgreSQL server as") from None
     if not runuser:
-        pytest.skip("running as root and runuser is missing: cannot start a PostgreSQL server")
+        raise PgUnavailable("running as root and runuser is missing: cannot start a PostgreSQL server")
     return [runuser, "-u", "postgres", "--"]
 
 
@@ -97,30 +102,42 @@ def _stop(bindir: Path, tmp: Path) -> None:
                    capture_output=True, text=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
+@contextmanager
+def throwaway_server() -> Iterator[PgServer]:
+    """A PostgreSQL server in a temp dir on 127.0.0.1, stopped and removed on exit; PgUnavailable when
+    none can be started (no binaries, no driver, start-up failed)."""
     bindir = _bin_dir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: PostgreSQL tests skip "
-                    "(make test installs Debian's postgresql when run as root)")
+        raise PgUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found: PostgreSQL tests skip "
+                            "(make test installs Debian's postgresql when run as root)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg not installed (pip install 'celltx-mfg[postgres]'): PostgreSQL tests skip")
+        raise PgUnavailable("psycopg not installed (pip install 'celltx-mfg[postgres]'): PostgreSQL tests skip") \
+            from None
     tmp = Path(tempfile.mkdtemp(prefix="celltx-pg-"))
     try:
-        port = _start(bindir, tmp)
-    except subprocess.CalledProcessError as e:
-        log = (tmp / "log").read_text() if (tmp / "log").exists() else ""
+        try:
+            port = _start(bindir, tmp)
+        except subprocess.CalledProcessError as e:
+            log = (tmp / "log").read_text() if (tmp / "log").exists() else ""
+            raise PgUnavailable(f"could not start a PostgreSQL server: {(e.stderr or '').strip()} {log.strip()}"[:500]) \
+                from None
+        try:
+            yield PgServer(port)
+        finally:
+            _stop(bindir, tmp)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server: {(e.stderr or '').strip()} {log.strip()}"[:500])
 
-    def finish() -> None:
-        _stop(bindir, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
 
-    request.addfinalizer(finish)
-    yield PgServer(port)
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    try:
+        with throwaway_server() as server:
+            yield server
+    except PgUnavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture
