@@ -27,6 +27,15 @@ def shrink(path: Path, horizon: float = 240.0, warmup: float = 60.0, **top: obje
     return parse_text(text, str(path)), text
 
 
+def short_baseline_file(folder: Path, horizon: float, warmup: float = 30.0) -> Path:
+    """A short baseline (same plant) written as a standalone scenario file, for CLI tests."""
+    data = yaml.safe_load((SCENARIOS / "baseline.yaml").read_text())
+    data.update(horizon_days=horizon, warmup_days=warmup, name="baseline_small")
+    p = folder / "small.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
 @pytest.fixture(scope="session")
 def baseline_small() -> tuple[Scenario, str]:
     return shrink(SCENARIOS / "baseline.yaml")

@@ -13,20 +13,14 @@ from typer.testing import CliRunner
 
 from celltx_mfg.cli import app
 
-from .conftest import SCENARIOS
+from .conftest import SCENARIOS, short_baseline_file
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short baseline (same plant) written as a standalone file."""
-    d = tmp_path_factory.mktemp("sc")
-    data = yaml.safe_load((SCENARIOS / "baseline.yaml").read_text())
-    data.update(horizon_days=150, warmup_days=30, name="baseline_small")
-    p = d / "small.yaml"
-    p.write_text(yaml.safe_dump(data, sort_keys=False))
-    return p
+    return short_baseline_file(tmp_path_factory.mktemp("sc"), horizon=150)
 
 
 def _ok(result) -> None:

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from typer.testing import CliRunner
 
 from celltx_mfg import store
 from celltx_mfg.cli import app
 
-from .conftest import SCENARIOS
+from .conftest import short_baseline_file
 from .pgserver import PG_PASSWORD
 
 runner = CliRunner()
@@ -24,12 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("sc")
-    data = yaml.safe_load((SCENARIOS / "baseline.yaml").read_text())
-    data.update(horizon_days=120, warmup_days=30, name="baseline_small")
-    p = d / "small.yaml"
-    p.write_text(yaml.safe_dump(data, sort_keys=False))
-    return p
+    return short_baseline_file(tmp_path_factory.mktemp("sc"), horizon=120)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
