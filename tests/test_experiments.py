@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 
 from celltx_mfg import analysis
 from celltx_mfg import experiments as ex
-from celltx_mfg.cli_experiments import DEFAULT_DB, register
+from celltx_mfg.cli_common import DB_OPTION
+from celltx_mfg.cli_experiments import register
 from celltx_mfg.config import ScenarioError, load_scenario, parse_text
 
 from .conftest import SCENARIOS
@@ -347,9 +348,10 @@ def cli(tmp_path: Path, tiny: tuple[Any, str]) -> tuple[typer.Typer, Path, Path]
 
 
 def test_default_db_is_the_store_default() -> None:
+    """Every command's --db default (one shared option) is the store's default database."""
     from celltx_mfg import store
 
-    assert DEFAULT_DB == store.DEFAULT_DB
+    assert DB_OPTION.default == store.DEFAULT_DB
 
 
 def test_cli_sweep_json_and_store(cli: tuple[typer.Typer, Path, Path], tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from rich.table import Table
 from .cli_common import (
     BACKEND_OPTION,
     DB_HELP,
-    DEFAULT_DB,
+    DB_OPTION,
     FILE_HELP,
     JOBS_OPTION,
     JSON_OPTION,
@@ -120,7 +120,7 @@ def sweep(
     replications: int = typer.Option(30, "--replications", "-r", min=1, help="replications per cell "
                                      "(with --precision: the first batch)"),
     jobs: int = JOBS_OPTION,
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = DB_OPTION,
     no_store: bool = NO_STORE_OPTION,
     backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
@@ -210,7 +210,7 @@ def compare(
     files: list[Path] = typer.Argument(..., help="reference scenario first, then what-ifs to compare with it"),
     replications: int = typer.Option(30, "--replications", "-r", min=2, help="paired replications"),
     jobs: int = JOBS_OPTION,
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = DB_OPTION,
     no_store: bool = NO_STORE_OPTION,
     backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
