@@ -6,6 +6,7 @@ not met; 2 bad input (file, option, database) with a one-screen message and no t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -309,10 +310,50 @@ def dashboard(
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal"]
+    raise typer.Exit(_serve(cmd, env))
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run Streamlit as a child that stops with us: it gets its own process group, SIGTERM and SIGINT
+    (Ctrl-C) sent to us are passed on to that group and we wait for it; on Linux the kernel also sends
+    it SIGTERM if we die without a word (SIGKILL). Ctrl-C or SIGTERM ends with exit 0."""
+    import signal
+
+    from .experiments.backends import set_parent_death_signal
+
+    def child_setup() -> None:  # runs in the child between fork and exec
+        os.setpgrp()
+        set_parent_death_signal(signal.SIGTERM)
+
+    posix = os.name == "posix"
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=child_setup if posix else None)  # noqa: PLW1509
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if posix:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.terminate()
+
+    watched = [signal.SIGINT] + ([signal.SIGTERM] if posix else [])
+    previous = {s: signal.signal(s, forward) for s in watched}
     try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        while True:
+            try:
+                code = proc.wait(timeout=10.0 if stopped else None)
+                break
+            except subprocess.TimeoutExpired:  # asked to stop and still serving after 10 s
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL) if posix else proc.kill()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if proc.poll() is None:  # leaving for another reason: do not leave the server behind
+            proc.kill()
+            proc.wait()
+    return 0 if stopped else code
 
 
 @app.command()

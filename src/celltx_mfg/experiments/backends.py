@@ -78,10 +78,59 @@ def replicate(scenario: Scenario, replication: int, seed: int, keep_records: boo
     return k, (pack(records) if keep_records else None)
 
 
-def _worker_start(pids: Any) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_WATCH_INTERVAL_S = 1.0  # how often a worker checks that the process that started the pool is alive
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (even by SIGKILL). False where
+    that is not available (other platforms, no libc): the caller then relies on a watchdog."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (the pid was reused): treat as gone
+        return False
+    return True
+
+
+def _watch_parent(owner: int, ppid: int) -> None:
+    """The watchdog thread of a worker: exit at once when the pool's owner is gone (our parent changed,
+    i.e. we were re-parented, or the owner no longer exists), whatever the worker is doing."""
+    while True:
+        time.sleep(_WATCH_INTERVAL_S)
+        if os.getppid() != ppid or not _alive(owner):
+            os._exit(1)
+
+
+def _worker_start(pids: Any, owner: int | None = None) -> None:
     """Workers leave Ctrl-C to the parent, which stops the pool and keeps what finished; each tells the
-    parent its process id so an aborted pool can be stopped without waiting for running replications."""
+    parent its process id so an aborted pool can be stopped without waiting for running replications.
+
+    A worker must not outlive the process that owns the pool (``owner``), even one killed by SIGKILL:
+    on Linux the kernel sends it SIGTERM when its parent dies, and everywhere a daemon thread (started
+    here, after the fork) exits the worker within about a second of the owner going away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the owner's handler
+    ppid = os.getppid()
+    set_parent_death_signal(signal.SIGTERM)
+    if owner is not None:
+        if os.getppid() != ppid or not _alive(owner):  # died before the death signal was armed
+            os._exit(1)
+        threading.Thread(target=_watch_parent, args=(owner, ppid), name="celltx-parent-watch",
+                         daemon=True).start()
     pids.put(os.getpid())
 
 
@@ -146,6 +195,17 @@ def _start_context() -> Any:
     return mp.get_context("spawn")
 
 
+def _sigterm_as_sigint(signum: int, frame: Any) -> None:
+    """SIGTERM to a process running a pool is treated as Ctrl-C: whatever handles SIGINT now (the
+    default raises KeyboardInterrupt; a run's storing transaction defers it) handles it, so the
+    workers are stopped, finished runs are kept and the command exits 130."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 class LocalPoolBackend:
     """A local process pool of ``jobs`` workers whose process ids it keeps, to stop them on Ctrl-C."""
 
@@ -153,8 +213,14 @@ class LocalPoolBackend:
         ctx = _start_context()
         self._pids = ctx.SimpleQueue()
         self._pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_worker_start, initargs=(self._pids,)
+            max_workers=jobs, mp_context=ctx, initializer=_worker_start, initargs=(self._pids, os.getpid())
         )
+        self._sigterm_previous: Any = None
+        self._sigterm_installed = False
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError, OSError):
+                self._sigterm_previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+                self._sigterm_installed = True
 
     def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Future[Outcome]:
         with _main_script_hidden():  # workers may be started here
@@ -177,6 +243,10 @@ class LocalPoolBackend:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._stop_workers()
         self._pids.close()
+        if self._sigterm_installed:
+            self._sigterm_installed = False
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, self._sigterm_previous)
 
     def _stop_workers(self) -> None:
         pids = self._worker_pids()
