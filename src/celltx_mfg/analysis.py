@@ -42,6 +42,25 @@ FAILED_STATUSES = ("failed", "expired")
 OPEN_BATCH_STATUSES = ("in_progress", "released")
 # KPI groups whose members are counts: a member missing from one run means zero there, not "unknown".
 COUNT_MAPS = frozenset({"deviations", "lost_by_stage", "failed_by_reason"})
+# Where a patient can be when lost (the stages model/ moves a patient through; "unknown" when not recorded).
+LOST_STAGES = (
+    "referred", "waiting_for_slot", "apheresis", "inbound_transit", "waiting_for_suite", "manufacturing",
+    "qc_release", "outbound_transit", "awaiting_infusion", "unknown",
+)
+# Why a failed or expired batch failed, besides "<step>_failure" for a product step (model/manufacture.py):
+# hold limit, shipper excursions, QC failure (recollect / discard), OOS rejection, recalls, expiry.
+FAILURE_REASONS = (
+    "starting_material_hold_exceeded", "inbound_excursion", "outbound_excursion", "qc_failure",
+    "qc_failure_discard", "oos_rejected", "recalled_before_shipment", "recalled_before_infusion", "expired",
+    "unknown",
+)
+STEP_FAILURE_SUFFIX = "_failure"
+# The closed count groups and their allowed members: an absent allowed member reads as 0, any other is unknown.
+KPI_GROUP_KEYS: dict[str, tuple[str, ...]] = {
+    "deviations": SEVERITIES,
+    "lost_by_stage": LOST_STAGES,
+    "failed_by_reason": FAILURE_REASONS,
+}
 # the record tables `kpis` reads: a reader that only needs KPIs loads just these
 KPI_TABLES = ("patients", "batches", "resource_uses", "resources", "deviations")
 
@@ -549,8 +568,30 @@ def numeric_kpis(kpis: Mapping[str, Any]) -> dict[str, float | None]:
     return out
 
 
+def group_member_allowed(group: str, key: str, step_names: Iterable[str] | None = None) -> bool:
+    """Whether ``key`` can be a member of the count group ``group`` (:data:`KPI_GROUP_KEYS`). A failure
+    reason may also be ``<step>_failure``: for the scenario's ``step_names`` when given, else any step."""
+    allowed = KPI_GROUP_KEYS.get(group, ())
+    if key in allowed:
+        return True
+    if group != "failed_by_reason" or not key.endswith(STEP_FAILURE_SUFFIX):
+        return False
+    return step_names is None or key[: -len(STEP_FAILURE_SUFFIX)] in set(step_names)
+
+
+def unknown_member_message(group: str, key: str, step_names: Iterable[str] | None = None) -> str:
+    """The message for a count-group member that cannot occur, listing the allowed ones."""
+    allowed = list(KPI_GROUP_KEYS.get(group, ()))
+    if group == "failed_by_reason":
+        steps = [f"{s}{STEP_FAILURE_SUFFIX}" for s in step_names] if step_names is not None else []
+        allowed = steps + allowed if steps else allowed + [f"<step>{STEP_FAILURE_SUFFIX}"]
+    close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(f'{group}.{c}' for c in close)}?" if close else ""
+    return f"unknown KPI path {group + '.' + key!r}: {group} members are {', '.join(allowed)}{hint}"
+
+
 def get_path(kpis: Mapping[str, Any], path: str) -> Any:
-    """The KPI at a dotted path (``"vein_to_vein_days.p90"``); a member missing from a count group
+    """The KPI at a dotted path (``"vein_to_vein_days.p90"``); an allowed member missing from a count group
     (``"lost_by_stage.apheresis"`` with nobody lost there) is 0, anything else unknown is a ValueError."""
     node: Any = kpis
     parts = path.split(".")
@@ -558,8 +599,11 @@ def get_path(kpis: Mapping[str, Any], path: str) -> Any:
         if isinstance(node, Mapping) and part in node:
             node = node[part]
             continue
-        if isinstance(node, Mapping) and i == len(parts) - 1 and ".".join(parts[:i]) in COUNT_MAPS:
-            return 0
+        group = ".".join(parts[:i])
+        if isinstance(node, Mapping) and i == len(parts) - 1 and group in COUNT_MAPS:
+            if group_member_allowed(group, part):
+                return 0
+            raise ValueError(unknown_member_message(group, part))
         raise _unknown_path(kpis, path, "unknown")
     return node
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .cli_common import (
     SEED_OPTION,
     Backend,
     ExportFormat,
+    check_kpi_paths,
     check_requirement_syntax,
     err,
     fail,
@@ -41,6 +43,7 @@ from .cli_common import (
     load_or_exit,
     open_db,
     progress_bar,
+    requirement_paths,
 )
 
 app = typer.Typer(
@@ -86,12 +89,16 @@ def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
 
 
 def _replicate(file: Path, db: str | None, seed: int | None, replications: int | None, jobs: int,
-               backend: Backend, ray_address: str | None, quiet: bool) -> tuple[Any, Any]:
+               backend: Backend, ray_address: str | None, quiet: bool,
+               require: Sequence[str] = ()) -> tuple[Any, Any]:
     """The one replication path (:func:`experiments.replicate_scenario`) as the simulating commands
-    call it: the scenario checked, the store opened, every replication stored whole, KPIs per run."""
+    call it: the scenario checked (and the KPI paths of ``require``), the store opened, every replication
+    stored whole, KPIs per run."""
     from .experiments import replicate_scenario
 
     sc, text = load_or_exit(file)
+    with handled(db):
+        check_kpi_paths(sc, requirement_paths(require), "--require")
     engine = open_db(db)
     n = replications or sc.replications
     with handled(db), progress_bar(quiet or n <= 1, sc.name) as progress:
@@ -249,7 +256,7 @@ def check(
     from .analysis import check_requirements
 
     check_requirement_syntax(require)
-    sc, result = _replicate(file, db, None, replications, jobs, backend, ray_address, as_json)
+    sc, result = _replicate(file, db, None, replications, jobs, backend, ray_address, as_json, require)
     try:
         results = check_requirements(_headline(result), require)
     except ValueError as e:

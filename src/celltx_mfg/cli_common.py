@@ -138,6 +138,28 @@ def check_requirement_syntax(options: list[str]) -> list[str]:
     return options
 
 
+def check_kpi_paths(scenario: Any, paths: Sequence[str], option: str) -> None:
+    """Every KPI path named on the command line exists in the KPIs of ``scenario`` (from a two-day run),
+    before anything is simulated: an unknown one exits 2 with the nearest names or the allowed members."""
+    if not paths:
+        return
+    from .experiments import ExperimentError, check_kpi_path, kpi_skeleton
+
+    skeleton = kpi_skeleton(scenario)
+    for path in dict.fromkeys(paths):
+        try:
+            check_kpi_path(skeleton, path, scenario)
+        except ExperimentError as e:
+            fail(f"{option}: {e}")
+
+
+def requirement_paths(options: Sequence[str]) -> list[str]:
+    """The KPI path of every (already syntax-checked) ``--require``."""
+    from .analysis import parse_requirement
+
+    return [parse_requirement(r).path for r in options]
+
+
 @contextmanager
 def progress_bar(quiet: bool, description: str) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on stderr (replications done / planned, time left); nothing when ``quiet``."""

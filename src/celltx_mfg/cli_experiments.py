@@ -30,6 +30,7 @@ from .cli_common import (
     RAY_OPTION,
     REQUIRE_FORM,
     Backend,
+    check_kpi_paths,
     check_requirement_syntax,
     err,
     fmt_value,
@@ -140,6 +141,8 @@ def sweep(
     targets = parse_precision(precision)
     loaded = [(f, *load_or_exit(f)) for f in files]
     with handled():
+        for _, sc, _ in loaded:
+            check_kpi_paths(sc, kpi, "--kpi")
         cells = []
         for f, sc, text in loaded:
             cells.extend(ex.grid(sc, text, levers, source=str(f), base_dir=f.parent))

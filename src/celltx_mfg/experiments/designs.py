@@ -261,7 +261,7 @@ def compare(
     if kpi_paths:
         skeleton = kpi_skeleton(scenarios[0][0])
         for p in kpi_paths:
-            check_kpi_path(skeleton, p)
+            check_kpi_path(skeleton, p)  # what-ifs may name other steps: any '<step>_failure' is accepted
     groups = [make_group(sc, text, replications, sc.name, base_seed, None, replications) for sc, text in scenarios]
     with Session.of(execution) as session:
         _run_groups(session, groups, lambda: [g.results for g in groups])
@@ -369,7 +369,7 @@ def _check_plan(scenario: Scenario, requirements: Sequence[str], lo: int, hi: in
             req = analysis.parse_requirement(text)
         except analysis.RequirementSyntaxError as e:
             raise ExperimentError(str(e)) from None
-        check_kpi_path(skeleton, req.path)
+        check_kpi_path(skeleton, req.path, scenario)
 
 
 def plan(

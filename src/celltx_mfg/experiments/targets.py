@@ -12,8 +12,9 @@ from ..config import Scenario
 from ..simulate import simulate
 from .errors import ExperimentError
 
-# KPI groups whose members depend on the plant (resource kinds, loss stages), not on the KPI definitions.
-_OPEN_GROUPS = ("utilisation", "lost_by_stage", "deviations")
+# KPI groups whose members depend on the plant (resource kinds), not on the KPI definitions; the count
+# groups (loss stages, failure reasons, severities) are closed: analysis.KPI_GROUP_KEYS.
+_OPEN_GROUPS = ("utilisation",)
 
 
 def flatten_kpis(kpis: Mapping[str, Any]) -> dict[str, float | None]:
@@ -29,11 +30,23 @@ def kpi_skeleton(scenario: Scenario) -> dict[str, Any]:
     return analysis.kpis(records.frames(), records.horizon, records.warmup, records.costs or None)
 
 
-def check_kpi_path(skeleton: Mapping[str, Any], path: str) -> None:
-    """Raise ExperimentError unless ``path`` names a numeric KPI (members of utilisation / loss-stage
-    groups are accepted whatever they are called: they appear only when something happens)."""
+def step_names(scenario: Scenario) -> list[str]:
+    """Every product step name of the scenario (a failed step gives failure reason ``<step>_failure``)."""
+    return list(dict.fromkeys(s.name for product in scenario.products.values() for s in product.steps))
+
+
+def check_kpi_path(skeleton: Mapping[str, Any], path: str, scenario: Scenario | None = None) -> None:
+    """Raise ExperimentError unless ``path`` names a numeric KPI. Members of utilisation are accepted
+    whatever they are called (they appear only when a kind has capacity); a member of a count group
+    (``lost_by_stage``, ``failed_by_reason``, ``deviations``) must be one that can occur
+    (analysis.KPI_GROUP_KEYS; failure reasons of ``scenario``'s steps when it is given)."""
     parts = path.split(".")
     if len(parts) == 2 and parts[0] in _OPEN_GROUPS:
+        return
+    if len(parts) == 2 and parts[0] in analysis.COUNT_MAPS:
+        steps = step_names(scenario) if scenario is not None else None
+        if not analysis.group_member_allowed(parts[0], parts[1], steps):
+            raise ExperimentError(analysis.unknown_member_message(parts[0], parts[1], steps))
         return
     try:
         value = analysis.get_path(skeleton, path)
@@ -49,7 +62,7 @@ def check_precision(scenario: Scenario, precision: Mapping[str, float] | None) -
         return
     skeleton = kpi_skeleton(scenario)
     for path, target in precision.items():
-        check_kpi_path(skeleton, path)
+        check_kpi_path(skeleton, path, scenario)
         if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
             raise ExperimentError(f"precision target for {path!r} must be a half-width > 0, got {target!r}")
 
