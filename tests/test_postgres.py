@@ -151,7 +151,7 @@ def test_dashboard_start_line_and_page_header_mask_the_password(monkeypatch: pyt
 
     import celltx_mfg.cli as cli
 
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: 0)
+    monkeypatch.setattr(cli, "_serve", lambda cmd, env: 0)  # the start line, not a server
     res = runner.invoke(app, ["dashboard", "--db", pg_url])
     assert res.exit_code == 0 and "127.0.0.1" in res.output and PG_PASSWORD not in res.output
 
