@@ -3,6 +3,8 @@ exit 2 with a message, before anything is simulated; valid input behaves as befo
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 
 from celltx_mfg import analysis
 from celltx_mfg.cli import app
+from celltx_mfg.cli_common import cap_jobs
 
 from .conftest import short_baseline_file
 
@@ -79,3 +82,67 @@ def test_plan_unknown_requirement_path_is_exit_2(small: Path) -> None:
     r = runner.invoke(app, ["plan", str(small), "--lever", "suites", "--require", "failed_by_reason.typo<=0",
                             "-r", "1"])
     _bad(r, "failed_by_reason")
+
+
+# ------------------------------------------------------------------------------ run ids and bounds
+@pytest.fixture(scope="module")
+def stored(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("db") / "runs.db"
+    r = runner.invoke(app, ["run", str(small), "--db", str(db), "-r", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    return db
+
+
+def test_kpis_repeated_run_id_counts_once(stored: Path) -> None:
+    one = runner.invoke(app, ["kpis", "--db", str(stored), "--run", "1", "--json"])
+    twice = runner.invoke(app, ["kpis", "--db", str(stored), "--run", "1", "--run", "1", "--json"])
+    assert one.exit_code == twice.exit_code == 0, twice.output
+    out = json.loads(twice.stdout)
+    assert out["runs"] == [1]
+    assert out["kpis"]["replications"] == 1
+    assert out == json.loads(one.stdout)
+    both = json.loads(runner.invoke(app, ["kpis", "--db", str(stored), "--run", "2", "--run", "1", "--run", "2",
+                                          "--json"]).stdout)
+    assert both["runs"] == [2, 1]
+
+
+@pytest.mark.parametrize("cmd", ["kpis", "export", "verify"])
+def test_huge_run_id_is_exit_2(stored: Path, tmp_path: Path, cmd: str) -> None:
+    extra = ["--out", str(tmp_path / "x")] if cmd == "export" else []
+    _bad(runner.invoke(app, [cmd, "--db", str(stored), "--run", "99999999999999999999", *extra]), "--run")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_seed_out_of_range_is_exit_2(small: Path, seed: str) -> None:
+    _bad(runner.invoke(app, ["run", str(small), "--db", ":memory:", "--seed", seed]),
+         "--seed")
+
+
+def test_seed_bounds_accept_edges(small: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["run", str(small), "--db", str(tmp_path / "s.db"), "--seed", str(2**63 - 1), "--json"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "{f}", "-r", "10001"],
+    ["check", "{f}", "-r", "10001", "--require", "patients_lost>=0"],
+    ["sweep", "{f}", "--vary", "suites=2", "-r", "10001"],
+    ["compare", "{f}", "{f}", "-r", "10001"],
+    ["plan", "{f}", "--lever", "suites", "--require", "patients_lost>=0", "-r", "10001"],
+])
+def test_replications_above_scenario_cap_is_exit_2(small: Path, argv: list[str]) -> None:
+    _bad(runner.invoke(app, [a.format(f=small) for a in argv]), "10000")
+
+
+def test_jobs_capped_at_tasks_with_a_note(small: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["run", str(small), "--db", str(tmp_path / "j.db"), "-r", "1", "--jobs", "64", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "capped at 1" in r.stderr
+    json.loads(r.stdout)
+
+
+def test_cap_jobs_rules() -> None:
+    assert cap_jobs(1, 5) == 1
+    assert cap_jobs(8, 3, "ray") == 3
+    assert cap_jobs(10**6, 10**9, "local") == (os.cpu_count() or 1)
+    assert cap_jobs(500, 10**9, "ray") == 500  # a Ray cluster is not this machine

@@ -32,6 +32,7 @@ from .cli_common import (
     SEED_OPTION,
     Backend,
     ExportFormat,
+    cap_jobs,
     check_kpi_paths,
     check_requirement_syntax,
     err,
@@ -44,6 +45,7 @@ from .cli_common import (
     open_db,
     progress_bar,
     requirement_paths,
+    run_id_option,
 )
 
 app = typer.Typer(
@@ -101,6 +103,7 @@ def _replicate(file: Path, db: str | None, seed: int | None, replications: int |
         check_kpi_paths(sc, requirement_paths(require), "--require")
     engine = open_db(db)
     n = replications or sc.replications
+    jobs = cap_jobs(jobs, n, backend.value)
     with handled(db), progress_bar(quiet or n <= 1, sc.name) as progress:
         result = replicate_scenario(sc, text, n, engine=engine, seed=seed, jobs=jobs,
                                     backend=backend.value, ray_address=ray_address,
@@ -165,7 +168,7 @@ def _runs_for(engine: Any, run: list[int] | None, scenario: str | None) -> list[
         missing = sorted(set(run) - set(int(x) for x in runs["id"]))
         if missing:
             fail(f"no run with id {missing}; runs in the database: {int(runs['id'].min())}-{int(runs['id'].max())}")
-        return list(run)
+        return list(dict.fromkeys(run))  # a run named twice is still one replication
     if scenario:
         sel = runs[runs["scenario"] == scenario]
         if sel.empty:
@@ -192,8 +195,7 @@ def stored_kpis(engine: Any, run_ids: list[int]) -> dict[str, Any]:
 @app.command()
 def kpis(
     db: str = DB_OPTION,
-    run: list[int] | None = typer.Option(
-        None, "--run", help="run id (repeatable); default: the latest scenario's runs"),
+    run: list[int] | None = run_id_option(),
     scenario: str | None = typer.Option(None, "--scenario", help="all runs of this scenario name"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -216,7 +218,7 @@ def export(
     db: str = DB_OPTION,
     fmt: ExportFormat = typer.Option(ExportFormat.csv, "--format", help="table file format"),
     out_dir: Path = typer.Option(Path("export"), "--out", help="output folder (or file for --batch)"),
-    run: list[int] | None = typer.Option(None, "--run", help="run id(s); default all"),
+    run: list[int] | None = run_id_option("run id(s); default all"),
     batch: str | None = typer.Option(None, "--batch", help="one chain-of-identity id: its whole record as one CSV"),
 ) -> None:
     """Export tables (one file per table) or one batch's whole GMP record for a QA reviewer."""
@@ -278,7 +280,7 @@ def check(
 @app.command()
 def verify(
     db: str = DB_OPTION,
-    run: int | None = typer.Option(None, "--run", help="one run id; default all"),
+    run: int | None = run_id_option("one run id; default all"),
 ) -> None:
     """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
     inserted after the fact (exit 1)."""

@@ -41,13 +41,20 @@ REQUIRE_FORM = "'KPI<op>NUMBER' with op one of <=, >=, <, >, ==, != (e.g. 'vein_
 
 FILE_HELP = "scenario YAML file"
 DB_HELP = "database: a SQLite file path or a SQLAlchemy URL such as postgresql+psycopg://user:pw@host/db"
-JOBS_HELP = "worker processes (local) or concurrent Ray tasks; results do not depend on it"
+JOBS_HELP = ("worker processes (local) or concurrent Ray tasks; results do not depend on it; more than "
+             "there are replications to run (or, local, than this machine's CPUs) is capped, with a note on stderr")
 BACKEND_HELP = "local: a process pool on this machine; ray: Ray tasks (local Ray, or --ray-address)"
 RAY_HELP = "Ray cluster to use: 'auto' on a cluster node, or ray://head:10001"
 JSON_HELP = "print one JSON object on stdout, no table and no progress bar"
 KPI_HELP = "KPI path to show in the table (repeat; default a standard set); --json has them all"
 REPLICATIONS_HELP = "replications (default: the scenario's)"
-SEED_HELP = "base seed (default: the scenario's seed)"
+SEED_HELP = "base seed, 0 to 2**63-1 (default: the scenario's seed)"
+RUN_HELP = "run id (repeatable); default: the latest scenario's runs"
+
+# Bounds shared by every command: the scenario's replications cap (config.Scenario.replications), seeds
+# and run ids that fit a signed 64-bit integer (SQLite and PostgreSQL BIGINT).
+MAX_REPLICATIONS = 10_000
+MAX_INT64 = 2**63 - 1
 
 # Options the simulating commands take, declared once.
 DB_OPTION = typer.Option(DEFAULT_DB, "--db", help=DB_HELP)
@@ -57,8 +64,36 @@ BACKEND_OPTION = typer.Option(Backend.local, "--backend", help=BACKEND_HELP)
 RAY_OPTION = typer.Option(None, "--ray-address", help=RAY_HELP)
 JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
 KPI_OPTION = typer.Option([], "--kpi", help=KPI_HELP)
-REPLICATIONS_OPTION = typer.Option(None, "--replications", "-r", min=1, help=REPLICATIONS_HELP)
-SEED_OPTION = typer.Option(None, "--seed", help=SEED_HELP)
+REPLICATIONS_OPTION = typer.Option(None, "--replications", "-r", min=1, max=MAX_REPLICATIONS, help=REPLICATIONS_HELP)
+SEED_OPTION = typer.Option(None, "--seed", min=0, max=MAX_INT64, help=SEED_HELP)
+
+
+def run_id_option(help: str = RUN_HELP) -> Any:
+    """``--run``: a stored run id, 1 to 2**63-1 (a larger number is exit 2, not an overflow traceback)."""
+    return typer.Option(None, "--run", min=1, max=MAX_INT64, help=help)
+
+
+def replications_option(default: int, minimum: int, help: str) -> Any:
+    """``-r`` of the experiment commands, with their own default, bounded like the scenario's."""
+    return typer.Option(default, "--replications", "-r", min=minimum, max=MAX_REPLICATIONS, help=help)
+
+
+def cap_jobs(jobs: int, tasks: int | None, backend: str = "local") -> int:
+    """``--jobs`` capped at the number of tasks and, for local workers, at os.cpu_count(); a note on
+    stderr says so. Results do not depend on it."""
+    import os
+
+    limits = []
+    if tasks is not None and tasks >= 1:
+        limits.append((tasks, f"{tasks} replication(s) to run"))
+    if backend == "local":
+        cpus = os.cpu_count() or 1
+        limits.append((cpus, f"{cpus} CPU(s)"))
+    capped, why = min(limits, default=(jobs, ""))
+    if jobs <= capped:
+        return jobs
+    err.print(f"note: --jobs {jobs} capped at {capped} ({why})", markup=False)
+    return capped
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:

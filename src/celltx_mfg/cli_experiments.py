@@ -26,10 +26,12 @@ from .cli_common import (
     JOBS_OPTION,
     JSON_OPTION,
     KPI_OPTION,
+    MAX_REPLICATIONS,
     NO_STORE_OPTION,
     RAY_OPTION,
     REQUIRE_FORM,
     Backend,
+    cap_jobs,
     check_kpi_paths,
     check_requirement_syntax,
     err,
@@ -38,6 +40,7 @@ from .cli_common import (
     load_or_exit,
     open_db,
     progress_bar,
+    replications_option,
 )
 
 DEFAULT_KPIS = (
@@ -118,8 +121,7 @@ def sweep(
     files: list[Path] = typer.Argument(..., help="scenario YAML file(s); several files without --vary "
                                        "sweep over the what-ifs"),
     vary: list[str] = typer.Option([], "--vary", help=f"lever values to sweep, {VARY_FORM}; repeat for a grid"),
-    replications: int = typer.Option(30, "--replications", "-r", min=1, help="replications per cell "
-                                     "(with --precision: the first batch)"),
+    replications: int = replications_option(30, 1, "replications per cell (with --precision: the first batch)"),
     jobs: int = JOBS_OPTION,
     db: str = DB_OPTION,
     no_store: bool = NO_STORE_OPTION,
@@ -128,7 +130,8 @@ def sweep(
     as_json: bool = JSON_OPTION,
     precision: list[str] = typer.Option([], "--precision", help=f"add replications until the 95% "
                                         f"half-width is this small, {PRECISION_FORM}; repeatable"),
-    max_replications: int = typer.Option(200, "--max-replications", min=2, help="cap with --precision"),
+    max_replications: int = typer.Option(200, "--max-replications", min=2, max=MAX_REPLICATIONS,
+                                          help="cap with --precision"),
     kpi: list[str] = KPI_OPTION,
 ) -> None:
     """Sweep levers over a grid, or over what-if files, with N replications per cell.
@@ -147,6 +150,8 @@ def sweep(
         for f, sc, text in loaded:
             cells.extend(ex.grid(sc, text, levers, source=str(f), base_dir=f.parent))
         engine = None if no_store else open_db(db)
+        per_cell = max(replications, max_replications) if targets else replications
+        jobs = cap_jobs(jobs, len(cells) * per_cell, backend.value)
         with progress_bar(as_json, "sweep") as progress:
             result = ex.sweep(cells, replications, jobs=jobs, backend=backend.value, engine=engine,
                               progress=progress, ray_address=ray_address, precision=targets or None,
@@ -211,7 +216,7 @@ def _sweep_table(result: Any, levers: list[str], shown: list[str], by_scenario: 
 # ------------------------------------------------------------------------------------------ compare
 def compare(
     files: list[Path] = typer.Argument(..., help="reference scenario first, then what-ifs to compare with it"),
-    replications: int = typer.Option(30, "--replications", "-r", min=2, help="paired replications"),
+    replications: int = replications_option(30, 2, "paired replications"),
     jobs: int = JOBS_OPTION,
     db: str = DB_OPTION,
     no_store: bool = NO_STORE_OPTION,
@@ -231,6 +236,7 @@ def compare(
     scenarios = [load_or_exit(f) for f in files]
     with handled():
         engine = None if no_store else open_db(db)
+        jobs = cap_jobs(jobs, len(scenarios) * replications, backend.value)
         with progress_bar(as_json, "compare") as progress:
             result = ex.compare(scenarios, replications, jobs=jobs, backend=backend.value, engine=engine,
                                 progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
@@ -289,7 +295,7 @@ def plan(
                                       "repeat for several"),
     lo: int = typer.Option(1, "--min", help="smallest lever value to consider"),
     hi: int = typer.Option(40, "--max", help="largest lever value to consider"),
-    replications: int = typer.Option(10, "--replications", "-r", min=1, help="replications per value tried"),
+    replications: int = replications_option(10, 1, "replications per value tried"),
     jobs: int = JOBS_OPTION,
     db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
     backend: Backend = BACKEND_OPTION,
@@ -308,6 +314,7 @@ def plan(
     sc, text = load_or_exit(file)
     with handled():
         engine = open_db(db)
+        jobs = cap_jobs(jobs, replications, backend.value)  # one lever value's replications at a time
         with progress_bar(as_json, f"plan {lever}") as progress:
             result = ex.plan(sc, text, lever, require, lo=lo, hi=hi, replications=replications, jobs=jobs,
                              backend=backend.value, engine=engine, progress=progress,
