@@ -182,3 +182,10 @@ def test_compare_json_masks_the_password(small: Path, pg_url: str, tmp_path: Pat
     assert obj["db"] == store.display_url(pg_url) and "***" in obj["db"]
     res = runner.invoke(app, ["compare", str(small), str(b), "-r", "2", "--db", pg_url])
     assert "stored 4 run(s) in postgresql+psycopg://planner:***@" in _ok(res)
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://u:topsecret@host:notaport/db", "post gres://u:topsecret@h/db"])
+def test_an_unparseable_url_is_one_line_without_its_password(url: str) -> None:
+    with pytest.raises(store.StoreError, match="cannot open store <unparseable database URL>") as e:
+        store.open_store(url)
+    assert "topsecret" not in str(e.value)

@@ -90,13 +90,20 @@ def display_url(db: str) -> str:
         return db
     try:
         return sa.make_url(db).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparseable database URL>"
 
 
+def url_label(url: sa.URL, fallback: str | None = None) -> str:
+    """How a store is named in a message: a SQLite file by its path, any other URL with its password
+    masked (the one rule, for an open engine and for a URL still being opened)."""
+    if url.get_backend_name() == "sqlite":
+        return str(url.database or fallback)
+    return url.render_as_string(hide_password=True)
+
+
 def _where(engine: Engine) -> str:
-    url = engine.url
-    return str(url.database) if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+    return url_label(engine.url)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from ._common import OPEN_ERRORS, StoreError, _reason
+from ._common import OPEN_ERRORS, StoreError, _reason, display_url, url_label
 from .migrate import check_not_newer, has_our_tables, migrate, read_version, write_version
 from .schema import _ALL_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION, _append_only_ddl, _append_only_ddl_pg
 
@@ -47,10 +47,10 @@ def _parse_url(db: str, readonly: bool) -> _Target:
     """A SQLAlchemy URL (anything with '://'); a plain SQLite file in it is opened like a path."""
     try:
         url = sa.make_url(db)
-    except sa.exc.ArgumentError as e:
-        raise StoreError(f"cannot open store {db}: {_reason(e)}") from e
+    except (sa.exc.ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+        raise StoreError(f"cannot open store {display_url(db)}: {_reason(e)}") from e
     sqlite = url.get_backend_name() == "sqlite"
-    where = (url.database or db) if sqlite else url.render_as_string(hide_password=True)
+    where = url_label(url, db)
     plain_file = sqlite and url.database and not url.database.startswith(("file:", ":memory:"))
     file = url.database if plain_file else None
     if readonly and file:
