@@ -41,3 +41,12 @@ def baseline_small() -> tuple[Scenario, str]:
     return shrink(SCENARIOS / "baseline.yaml")
 
 from tests.pgserver import pg_server, pg_url  # noqa: E402,F401  (PostgreSQL fixtures)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread or child process left behind can keep the interpreter from exiting after the last test
+    (CI then times out with every test passed and no clue). Two minutes after the session, print every
+    thread's stack and exit non-zero instead."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(120, exit=True)
