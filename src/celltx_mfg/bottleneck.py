@@ -16,7 +16,10 @@ too few to tell.
 Effective utilisation and queue-days are the supporting evidence and order the rest of the ranking: a
 kind whose extra unit does nothing measurable is ranked by how full it is. A kind can be full and still
 not binding (a co-binding pair: apheresis chairs and starts are booked together, so one more of either
-alone adds nothing while the other stays where it is).
+alone adds nothing while the other stays where it is). And a kind can bind with no queue of its own: in
+slot mode a suite is reserved when the start is booked, so nobody queues for it at the plant; its queue
+is the patients' wait for a slot (the queue-days of ``manufacturing_slot`` and ``apheresis``, whose holds
+run from the booking to the booked day).
 """
 
 from __future__ import annotations
