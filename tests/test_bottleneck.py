@@ -22,6 +22,7 @@ from celltx_mfg.experiments.bottleneck import bottleneck, one_more_unit, rank_le
 from celltx_mfg.model.capacity import effective_capacity
 from celltx_mfg.simulate import simulate
 from tests.conftest import SCENARIOS, shrink
+from tests.test_cli_schema import _valid
 
 runner = CliRunner()
 
@@ -229,6 +230,7 @@ def test_cli_json_shape_and_stored_runs(tmp_path):
     assert out["binding"] in (None, *kinds)
     assert out["binding"] == "qa_reviewers"
     assert len(out["run_ids"]) == 3 * (len(kinds) + 1)  # the unchanged plant and one what-if per kind
+    _valid(out)
 
 
 def test_cli_table_names_the_binding_kind(tmp_path):
