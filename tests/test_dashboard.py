@@ -19,7 +19,11 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from celltx_mfg import analysis as an
+from celltx_mfg import bottleneck as bn
 from celltx_mfg import store
+from celltx_mfg.config import parse_text
+from celltx_mfg.experiments.bottleneck import bottleneck
+from celltx_mfg.model.capacity import effective_capacity
 from celltx_mfg.simulate import simulate
 
 from .conftest import SCENARIOS, shrink
@@ -183,13 +187,36 @@ def test_resources_page_shows_bottleneck_ranking(monkeypatch, small_db):
     at = app(monkeypatch, db, page="pages/2_Resources.py", scenario="baseline")
     frames, metas, _ = expected(db, ids["baseline"])
     meta = metas[ids["baseline"][0]]
-    ranking = an.bottleneck_ranking(frames, meta["horizon"], meta["warmup"])
+    capacity = effective_capacity(parse_text(meta["scenario_text"]))
+    ranking = bn.resource_measures(frames, capacity, meta["horizon"], meta["warmup"])
     shown = at.dataframe[0].value
     assert shown["kind"].tolist() == ranking["kind"].tolist()
+    assert shown["effective_utilisation"].tolist() == pytest.approx(ranking["effective_utilisation"].tolist(),
+                                                                     nan_ok=True)
     assert shown["utilisation"].tolist() == pytest.approx(ranking["utilisation"].tolist(), nan_ok=True)
+    # chairs: against the days the booking rules let them be used (Mon-Wed), not every clinic day
+    aph = shown[shown["kind"] == "apheresis"].iloc[0]
+    assert aph["effective_utilisation"] > aph["utilisation"]
+    top = bn.headline(ranking)
+    assert any(f"Fullest: **{top['kind']}**" in m.value for m in at.markdown)
     # queue chart for another kind
     at.selectbox(key="queue_kind").select("operators").run()
     assert not at.exception
+
+
+@pytest.mark.slow
+def test_resources_page_computes_marginal_values_like_the_cli(monkeypatch, small_db):
+    db, ids = small_db
+    at = app(monkeypatch, db, page="pages/2_Resources.py", scenario="baseline")
+    at.number_input(key="bn_reps").set_value(2).run()
+    at.text_input(key="bn_kpi").input("wait_for_slot_days.mean").run()
+    at.button(key="bn_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    meta = expected(db, ids["baseline"])[1][ids["baseline"][0]]
+    result = bottleneck(parse_text(meta["scenario_text"]), meta["scenario_text"], 2, "wait_for_slot_days.mean")
+    shown = at.dataframe[0].value
+    assert shown["kind"].tolist() == [e.kind for e in result.ranking]
+    assert shown["marginal_value"].tolist() == pytest.approx([e.marginal.mean for e in result.ranking], nan_ok=True)
 
 
 def test_batch_gantt_marks_failed_batches_and_clearances(monkeypatch, small_db):

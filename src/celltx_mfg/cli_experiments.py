@@ -1,4 +1,4 @@
-"""`celltx sweep | compare | plan`: the experiment commands, registered on the main app by ``register``.
+"""`celltx sweep | compare | plan | bottleneck`: the experiment commands, registered on the main app by ``register``.
 
 Thin: options are parsed and checked here, the work is :mod:`celltx_mfg.experiments`. Exit codes follow
 the main CLI (``EXIT_CODES``): 0 done; 1 ``plan`` found no lever value meeting the requirements; 2 bad input (file,
@@ -371,8 +371,88 @@ def _plan_table(result: Any, scenario: str, replications: int) -> Table:
     return table
 
 
+# --------------------------------------------------------------------------------------- bottleneck
+def bottleneck(
+    file: Path = typer.Argument(..., help=FILE_HELP),
+    replications: int = replications_option(10, 2, "paired replications per resource kind"),
+    kpi: str | None = typer.Option(None, "--kpi", help="target KPI path the marginal values are measured on "
+                                   "(default: vein_to_vein_days.p90); lower is better except throughput, "
+                                   "infusions and on-time share"),
+    jobs: int = JOBS_OPTION,
+    db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
+    backend: Backend = BACKEND_OPTION,
+    ray_address: str | None = RAY_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Name the binding constraint: rank resource kinds by what one more unit does to the KPI.
+
+    Per kind: effective utilisation (against what its calendar and the booking rules let it be used
+    for), queue-days and mean wait per hold in the unchanged plant, and the marginal value of one more
+    unit (one more chair or infusion slot a day at every site), a paired difference on common random
+    numbers with its 95% interval. Binding: the kind whose extra unit improves the KPI most,
+    significantly; none when no extra unit does. Exit 0 either way."""
+    from . import bottleneck as bn
+    from .experiments import bottleneck as design
+
+    target = kpi or bn.DEFAULT_KPI
+    sc, text = load_or_exit(file)
+    with handled(db):
+        design.check_kpi(sc, target)
+        engine = open_db(db)
+        kinds = len(design.effective_capacity(sc)) + 1
+        jobs = cap_jobs(jobs, kinds * replications, backend.value)
+        with progress_bar(as_json, f"bottleneck {sc.name}") as progress:
+            result = design.bottleneck(sc, text, replications, target, source=str(file), base_dir=file.parent,
+                                       jobs=jobs, backend=backend.value, engine=engine, progress=progress,
+                                       ray_address=ray_address)
+    if as_json:
+        _print_json({**result.as_json(), "db": _shown(db), "run_ids": result.run_ids})
+        return
+    _out().print(_bottleneck_table(result))
+    _out().print(_binding_line(result), markup=False)
+    _stored_note(result.run_ids, db)
+
+
+def _marginal_cell(e: Any) -> str:
+    mv = e.marginal
+    if mv is None:
+        return e.note or "-"
+    return _mean_ci(mv.mean, mv.ci95) + (" *" if mv.improves else "")
+
+
+def _bottleneck_table(result: Any) -> Table:
+    """One row per kind, best extra unit first: the evidence of the ranking."""
+    better = "lower" if result.direction.value == "lower_is_better" else "higher"
+    table = Table(title=f"bottleneck of {result.scenario}: {result.kpi} ({better} is better) = "
+                        f"{_mean_ci(result.kpi_mean, result.kpi_ci95)}; {result.replications} paired "
+                        "replications per kind (* = significant improvement)")
+    for col, just in (("rank", "right"), ("kind", "left"), ("one more unit", "left"), ("effective util.", "right"),
+                      ("util.", "right"), ("queue-days", "right"), ("mean wait (d)", "right"),
+                      (f"change in {result.kpi}", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for i, e in enumerate(result.ranking, 1):
+        table.add_row(str(i), e.kind, e.lever, _pct(e.effective_utilisation), _pct(e.utilisation),
+                      fmt_value(e.queue_days), fmt_value(e.mean_wait_days), _marginal_cell(e))
+    return table
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _binding_line(result: Any) -> str:
+    if result.binding is None:
+        return (f"binding: none - no single extra unit changes {result.kpi} significantly at "
+                f"{result.replications} replications (demand-limited, co-binding resources, or too few replications)")
+    top = result.ranking[0]
+    mv = top.marginal
+    return (f"binding: {top.kind} - {top.lever} changes {result.kpi} by {_mean_ci(mv.mean, mv.ci95)} "
+            f"(effective utilisation {_pct(top.effective_utilisation)})")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``sweep``, ``compare`` and ``plan`` to the main ``celltx`` app."""
+    """Add ``sweep``, ``compare``, ``plan`` and ``bottleneck`` to the main ``celltx`` app."""
     app.command("sweep")(sweep)
     app.command("compare")(compare)
     app.command("plan")(plan)
+    app.command("bottleneck")(bottleneck)
