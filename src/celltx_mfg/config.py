@@ -275,6 +275,11 @@ class Release(_Model):
     qa_review_elapsed: Distribution = Field(
         default_factory=lambda: fixed(1.0), description="elapsed days of QA review / QP release"
     )
+    qa_review_during_qc: bool = Field(
+        default=False,
+        description="QA reviews the batch record from the end of manufacture, while QC tests incubate; "
+        "the QP still certifies only once the results the release policy needs are in",
+    )
 
 
 class GMP(_Model):
