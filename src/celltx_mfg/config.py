@@ -91,6 +91,11 @@ class Site(_Model):
     lymphodepletion: Distribution = Field(
         default_factory=lambda: fixed(4.0), description="lymphodepletion lead before infusion (days)"
     )
+    clinic_readiness: Distribution = Field(
+        default_factory=lambda: fixed(0.0),
+        description="release -> the clinic can start lymphodepletion: bed, chemotherapy and infusion "
+        "scheduling once the release date is known (days)",
+    )
     calendar: str = Field(default="clinic", description="working days of the site's clinic")
 
 
