@@ -64,6 +64,9 @@ KPI_GROUP_KEYS: dict[str, tuple[str, ...]] = {
 # the record tables `kpis` reads: a reader that only needs KPIs loads just these
 KPI_TABLES = ("patients", "batches", "resource_uses", "resources", "deviations")
 
+# staff pools: paid for their shifts, busy on hands-on tasks (ResourceUse kinds, config.STAFF)
+STAFF_KINDS = ("operators", "qc_analysts", "qa_reviewers")
+
 WIP_STAGES = (
     "waiting_for_slot",
     "apheresis_and_transit",
@@ -228,7 +231,13 @@ def kpis(
       apheresis.
     - ``wait_for_suite_days`` {mean, p90} of mfg_start - ready over batches of B with both.
     - ``cost_total`` = sum(costs.values()) (None without costs); ``cost_per_infused_patient`` =
-      cost_total / infusions_in_window (None without costs or infusions).
+      cost_total / infusions_in_window (None without costs or infusions); ``labour_cost_share`` =
+      costs["labour"] / cost_total (None without costs).
+    - ``labour_hours`` {paid, hands_on}: paid = 24 x available_unit_days of the staff pools
+      (:data:`STAFF_KINDS`: headcount x on-shift time in W, what the plant pays for); hands_on = 24 x
+      their busy days in W (as in ``utilisation``).
+    - ``wip_mean`` {in_system, <stage>...}: time-averaged work in progress over W (see
+      :func:`wip_time_average`), integrated exactly, every patient whenever referred.
     - ``utilisation`` {kind: busy / available_unit_days} for every kind of ``resources`` with
       available_unit_days > 0, busy = sum over ResourceUse holds of that kind (line clearance included)
       of the days of [start, end) inside W.
@@ -249,6 +258,7 @@ def kpis(
         **_batch_outcomes(batches),
         **_turnaround(cohort, batches, target_days),
         **_cost_kpis(costs, counts["infusions_in_window"]),
+        "labour_hours": _labour_hours(f["resource_uses"], f["resources"], warmup, horizon),
         "utilisation": _utilisation(f["resource_uses"], f["resources"], warmup, horizon),
         "deviations": _deviation_counts(f["deviations"], warmup, horizon),
         "lost_by_stage": _value_counts(lost, "lost_stage"),
@@ -323,7 +333,19 @@ def _turnaround(cohort: pd.DataFrame, batches: pd.DataFrame, target_days: float)
 def _cost_kpis(costs: Mapping[str, float] | None, n_infusions: int) -> dict[str, Any]:
     cost_total = float(sum(costs.values())) if costs else None
     per_infused = cost_total / n_infusions if cost_total is not None and n_infusions else None
-    return {"cost_total": cost_total, "cost_per_infused_patient": per_infused}
+    labour = float(costs.get("labour", 0.0)) if costs else None
+    share = labour / cost_total if labour is not None and cost_total else None
+    return {"cost_total": cost_total, "cost_per_infused_patient": per_infused, "labour_cost_share": share}
+
+
+def _labour_hours(uses: pd.DataFrame, resources: pd.DataFrame, warmup: float, horizon: float) -> dict[str, float]:
+    """Staff hours paid (headcount x on-shift time) and spent hands-on, inside the window."""
+    avail = _available_by_kind(resources)
+    busy = _busy_by_kind(uses, warmup, horizon)
+    return {
+        "paid": 24.0 * sum(avail.get(k, (0.0, 0.0))[1] for k in STAFF_KINDS),
+        "hands_on": 24.0 * sum(busy.get(k, 0.0) for k in STAFF_KINDS),
+    }
 
 
 def _deviation_counts(deviations: pd.DataFrame, warmup: float, horizon: float) -> dict[str, int]:

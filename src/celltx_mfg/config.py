@@ -311,6 +311,11 @@ class GMP(_Model):
 class Costs(_Model):
     qc_per_batch: float = Field(default=0.0, ge=0)
     labour_per_hour: float = Field(default=0.0, ge=0)
+    labour_basis: Literal["paid", "hands_on"] = Field(
+        default="paid",
+        description="paid: every operator, QC analyst and QA reviewer is paid for each shift on their "
+        "calendar (headcount x shift hours); hands_on: only the hours they are busy on a task",
+    )
     facility_per_day: float = Field(default=0.0, ge=0)
 
 
