@@ -264,6 +264,7 @@ def kpis(
         "lost_by_stage": _value_counts(lost, "lost_stage"),
         "oos_released": int((_flag(batches, "oos") & np.isfinite(_num(batches, "released"))).sum()),
         "recalls": int(_flag(batches, "recalled").sum()),
+        "wip_mean": _wip_average(f, warmup, horizon),
     }
 
 
@@ -735,6 +736,31 @@ def _patient_end(p: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(inf), inf, np.where(np.isfinite(lost), lost, np.inf))
 
 
+Interval = tuple[np.ndarray, np.ndarray]  # [start, end) per row; an end of inf runs past the horizon
+_WIP_BOUNDS = ("apheresis_start", "ready", "mfg_start", "mfg_end", "released", "infused")
+
+
+def _wip_intervals(f: dict[str, pd.DataFrame]) -> tuple[Interval, dict[str, Interval]]:
+    """Where each patient and batch is, as intervals: the patient in the system over [referred, infused
+    or lost), each batch in its stages (see :func:`wip_over_time`). The one definition of the stages that
+    the WIP chart samples and the WIP KPI integrates."""
+    p, b = f["patients"], f["batches"]
+    pend = _patient_end(p)
+    cap = b["coi"].map(dict(zip(p["coi"], pend, strict=True))).to_numpy(dtype=float)
+    cap = np.where(np.isnan(cap), np.inf, cap)
+    is_open = b["status"].isin(OPEN_BATCH_STATUSES).to_numpy()
+    fallback = np.where(is_open, np.inf, _batch_stop(f))
+    B = np.column_stack([_num(b, c) for c in _WIP_BOUNDS]) if len(b) else np.empty((0, len(_WIP_BOUNDS)))
+    # next_known[:, j] = first recorded boundary at or after j, else where the batch stopped
+    next_known = np.empty_like(B)
+    nxt = fallback
+    for j in range(len(_WIP_BOUNDS) - 1, -1, -1):
+        nxt = np.where(np.isfinite(B[:, j]), B[:, j], nxt)
+        next_known[:, j] = nxt
+    stages = {stage: (B[:, i], np.minimum(next_known[:, i + 1], cap)) for i, stage in enumerate(WIP_STAGES[1:])}
+    return (_num(p, "referred"), pend), stages
+
+
 def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = None) -> pd.DataFrame:
     """Patients in each stage at times 0, step, 2*step ... up to the horizon (default: last recorded time).
 
@@ -745,32 +771,18 @@ def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = 
     its open stage at its last recorded event; one still open at the horizon runs on. waiting_for_slot is
     the rest of the patient's time in the system: before the first apheresis and between attempts.
     Columns: time, in_system, then one per stage (their sum is in_system). One row per run and time.
+    These are snapshots for a chart: averages over time come from :func:`wip_time_average`, which
+    integrates the same intervals exactly instead of sampling them.
     """
     if not step_days > 0:
         raise ValueError(f"step_days must be > 0, got {step_days}")
-    bounds = ("apheresis_start", "ready", "mfg_start", "mfg_end", "released", "infused")
 
     def one(f: dict[str, pd.DataFrame]) -> pd.DataFrame:
-        p, b = f["patients"], f["batches"]
         end = horizon if horizon is not None else _end_time(f)
         grid = np.arange(0.0, end + 1e-9, float(step_days))
-        pend = _patient_end(p)
-        in_system = _count_inside(_num(p, "referred"), pend, grid)
-        cap = b["coi"].map(dict(zip(p["coi"], pend, strict=True))).to_numpy(dtype=float)
-        cap = np.where(np.isnan(cap), np.inf, cap)
-        is_open = b["status"].isin(OPEN_BATCH_STATUSES).to_numpy()
-        fallback = np.where(is_open, np.inf, _batch_stop(f))
-        B = np.column_stack([_num(b, c) for c in bounds]) if len(b) else np.empty((0, len(bounds)))
-        # next_known[:, j] = first recorded boundary at or after j, else where the batch stopped
-        next_known = np.empty_like(B)
-        nxt = fallback
-        for j in range(len(bounds) - 1, -1, -1):
-            nxt = np.where(np.isfinite(B[:, j]), B[:, j], nxt)
-            next_known[:, j] = nxt
-        batch_stages = {
-            stage: _count_inside(B[:, i], np.minimum(next_known[:, i + 1], cap), grid)
-            for i, stage in enumerate(WIP_STAGES[1:])
-        }
+        (ref, pend), intervals = _wip_intervals(f)
+        in_system = _count_inside(ref, pend, grid)
+        batch_stages = {stage: _count_inside(s, e, grid) for stage, (s, e) in intervals.items()}
         in_batches = np.sum(list(batch_stages.values()), axis=0) if len(grid) else np.zeros(0, dtype=int)
         return pd.DataFrame(
             {
@@ -782,6 +794,27 @@ def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = 
         )
 
     return _per_run(frames, one)
+
+
+def _wip_average(f: dict[str, pd.DataFrame], warmup: float, horizon: float) -> dict[str, float]:
+    """Time-averaged count in the system and in each stage over [warmup, horizon): the days every
+    interval of :func:`_wip_intervals` spends inside the window, summed, over the window's length."""
+    window = horizon - warmup
+    (ref, pend), intervals = _wip_intervals(f)
+    in_system = float(_overlap(ref, pend, warmup, horizon).sum()) / window
+    stages = {stage: float(_overlap(s, e, warmup, horizon).sum()) / window for stage, (s, e) in intervals.items()}
+    return {"in_system": in_system, "waiting_for_slot": in_system - sum(stages.values()), **stages}
+
+
+def wip_time_average(frames: Frames, horizon: float, warmup: float = 0.0) -> pd.DataFrame:
+    """Time-averaged work in progress over [warmup, horizon), exactly: for each stage of
+    :func:`wip_over_time`, L = (1 / (horizon - warmup)) * sum over intervals of their days inside the
+    window (the integral of the step function, not a mean of daily snapshots). Columns in_system,
+    waiting_for_slot (in_system minus the batch stages) and one per batch stage; one row per run. The
+    ``wip_mean`` KPI is this row."""
+    if not horizon > warmup:
+        raise ValueError(f"horizon ({horizon}) must be greater than warmup ({warmup})")
+    return _per_run(frames, lambda f: pd.DataFrame([_wip_average(f, warmup, horizon)]))
 
 
 def turnaround_breakdown(frames: Frames) -> pd.DataFrame:
