@@ -225,6 +225,8 @@ def kpis(
       (None when nothing started).
     - ``vein_to_vein_days`` {mean, p50, p90, max} of infused - first_apheresis over infused patients of C
       (from the FIRST apheresis, so re-manufactured patients count their whole ordeal).
+    - ``referral_to_infusion_days`` {mean, p50, p90, max} of infused - referred over the same patients:
+      the turnaround the patient feels, the wait for a slot included.
     - ``on_time_share`` = share of those with vein-to-vein <= ``target_days`` (``on_time_target_days``).
     - ``manufacturing_days`` {mean, p50, p90} of mfg_end - mfg_start over batches of B with both.
     - ``wait_for_slot_days`` {mean, p90} of first_apheresis - referred over patients of C with an
@@ -315,14 +317,17 @@ def _batch_outcomes(batches: pd.DataFrame) -> dict[str, Any]:
 
 
 def _turnaround(cohort: pd.DataFrame, batches: pd.DataFrame, target_days: float) -> dict[str, Any]:
-    """Vein-to-vein from the FIRST apheresis (a re-manufactured patient counts the whole ordeal), the
-    on-time share, manufacturing time and the waits for a slot and for a suite."""
+    """Vein-to-vein from the FIRST apheresis (a re-manufactured patient counts the whole ordeal), referral
+    to infusion (the slot wait too), the on-time share, manufacturing time and the waits for a slot and
+    for a suite."""
     infused = cohort["status"].to_numpy(dtype=object) == "infused"
     v2v = (_num(cohort, "infused") - _num(cohort, "first_apheresis"))[infused]
     v2v = v2v[np.isfinite(v2v)]
+    r2i = (_num(cohort, "infused") - _num(cohort, "referred"))[infused]
     mfg_start = _num(batches, "mfg_start")
     return {
         "vein_to_vein_days": _stats(v2v, ("mean", "p50", "p90", "max")),
+        "referral_to_infusion_days": _stats(r2i, ("mean", "p50", "p90", "max")),
         "on_time_target_days": float(target_days),
         "on_time_share": float((v2v <= target_days).mean()) if v2v.size else None,
         "manufacturing_days": _stats(_num(batches, "mfg_end") - mfg_start, ("mean", "p50", "p90")),
