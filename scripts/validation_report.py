@@ -399,6 +399,21 @@ def render(results: dict[str, dict[str, Any]], qrows: list, lrows: list, reps: i
       "real 42-50 d: the scenario keeps the baseline's process and plant, so it isolates the effect of the "
       "booking rule; real tisa-cel also has a longer process and release and slot scarcity upstream of "
       "apheresis (REF 2: median 1 slot/month/centre), which the model would need as explicit inputs.")
+    us = results["us_like"]
+    w(f"- **US release to infusion** (`us_like`, {mean_of(us['extra'], 'release_to_infusion_p50'):.1f} d median) "
+      "is there by construction: the scenario sets each centre's `clinic_readiness` (bed, chemotherapy and "
+      "infusion-day scheduling once the release date is known, triangular 3-5-10 d) so that shipment, "
+      "readiness, 3-5 d of lymphodepletion and the next infusion slot add up to REF 6's derived ~11 d. "
+      "What is not calibrated is the rest: with QA reviewing the batch record while QC incubates, the "
+      f"Kite-like plant's apheresis -> release comes to {mean_of(us['extra'], 'aph_to_release_p50'):.1f} d "
+      f"and vein-to-vein to {mean_of(us['kpis'], 'vein_to_vein_days.p50'):.1f} d, against Kite's US 16 d and "
+      "axi-cel's US 27.0 d.")
+    w(f"- **Labour share of cost** (baseline {mean_of(b['kpis'], 'labour_cost_share'):.0%}) pays every "
+      "operator, QC analyst and QA reviewer for their shifts, idle time included (`costs.labour_basis: "
+      "paid`; hands-on hours only would give about half that). It stays below the published 'about half of "
+      "cost of goods' because the baseline's headcount is small beside its per-batch materials and QC "
+      "(REF 2's i-SHIPMENT figures) and its facility cost; QA/QC management, supervision, materials "
+      "handling and batch-record staff, who are not modelled as pools, are not in it.")
     w("- **What the model does not include**: vector-lot availability, bridging therapy, apheresis product "
       "quality (low CD3 counts), repeat apheresis sessions, holidays, staff absence, equipment breakdown and "
       "the regulator's batch-specific decisions. Each would lengthen the real tails (p90) more than the "
