@@ -373,7 +373,8 @@ flatten = analysis.kpi_items  # one walk of the KPI tree, shared with the CLI
 
 COMPARE_PATHS = (
     "throughput_per_year", "patients_referred", "patients_infused", "patients_lost", "patients_in_progress",
-    "vein_to_vein_days.p50", "vein_to_vein_days.p90", "vein_to_vein_days.mean", "on_time_share",
+    "vein_to_vein_days.p50", "vein_to_vein_days.p90", "vein_to_vein_days.mean",
+    "referral_to_infusion_days.p50", "referral_to_infusion_days.p90", "on_time_share",
     "manufacturing_days.mean", "wait_for_slot_days.mean", "wait_for_suite_days.mean",
     "manufacturing_failure_rate", "batches_started", "batches_failed", "cost_per_infused_patient",
     "oos_released", "recalls", "deviations.major", "deviations.critical",

@@ -120,6 +120,11 @@ def test_overview_tiles_equal_kpis_of_one_run(monkeypatch, small_db):
     assert number(tile(at, "Vein-to-vein p50").value) == pytest.approx(k["vein_to_vein_days"]["p50"], abs=0.05)
     assert number(tile(at, "Vein-to-vein p90").value) == pytest.approx(k["vein_to_vein_days"]["p90"], abs=0.05)
     assert number(tile(at, "Manufacturing days").value) == pytest.approx(k["manufacturing_days"]["mean"], abs=0.05)
+    r2i = k["referral_to_infusion_days"]
+    assert number(tile(at, "Referral to infusion p50").value) == pytest.approx(r2i["p50"], abs=0.05)
+    assert number(tile(at, "Referral to infusion p90").value) == pytest.approx(r2i["p90"], abs=0.05)
+    assert r2i["p50"] > k["vein_to_vein_days"]["p50"]  # the slot wait is in it
+    assert number(tile(at, "Work in progress").value) == pytest.approx(k["wip_mean"]["in_system"], abs=0.05)
     assert tile(at, "Patients infused").delta in (None, "")  # one run: no interval
 
     # the user's target reaches kpis(target_days=...)
@@ -175,6 +180,11 @@ def test_turnaround_page_shows_turnaround_breakdown(monkeypatch, small_db):
     s = an.summarise(list(an.kpis_by_run(frames, metas[ids["baseline"][0]]["horizon"],
                                          metas[ids["baseline"][0]]["warmup"], costs).values()))
     assert number(tile(at, "Vein-to-vein p90").value) == pytest.approx(s["vein_to_vein_days"]["p90"], abs=0.05)
+    assert number(tile(at, "Referral to infusion p90").value) == pytest.approx(
+        s["referral_to_infusion_days"]["p90"], abs=0.05)
+    at.radio(key="turnaround_measure").set_value(at.radio(key="turnaround_measure").options[1]).run()
+    hist = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert sorted(plotted(hist["x"])) == pytest.approx(sorted(tb["referral_to_infusion"].tolist()))
     # the stacked breakdown has one bar per stage, waits first-class
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     names = {tr.get("name") for ch in charts for tr in ch["data"]}

@@ -22,8 +22,8 @@ WALL_CLOCK = {("scenario", "created"), ("run", "started"), ("run", "finished"), 
               ("correction", "time"), ("correction", "digest")}
 
 GOLDEN = {
-    "run": "1d59dc7acab01145850b19fec33aeea13ba5dd7337ebb362cc12fa3d132aa144",
-    "sweep": "7b947ef0be4345774c42fb9ad3d1c2d262a03468fbce55391efd850aa9e9e280",
+    "run": "e16af3ac399fd891a2ae0abce749f54995867bc5a174d5bdde14bb9b9ef6c6f4",
+    "sweep": "c72ca5cb36dbbfcc0a3b5a66cc1dc765bdd74cd8ed2b7a6d31fb9700db96c6f5",
 }
 
 

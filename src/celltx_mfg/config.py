@@ -91,6 +91,11 @@ class Site(_Model):
     lymphodepletion: Distribution = Field(
         default_factory=lambda: fixed(4.0), description="lymphodepletion lead before infusion (days)"
     )
+    clinic_readiness: Distribution = Field(
+        default_factory=lambda: fixed(0.0),
+        description="release -> the clinic can start lymphodepletion: bed, chemotherapy and infusion "
+        "scheduling once the release date is known (days)",
+    )
     calendar: str = Field(default="clinic", description="working days of the site's clinic")
 
 
@@ -100,7 +105,13 @@ class Demand(_Model):
         default=None,
         description="multipliers of per_year for months 1, 2, ...; the last value holds afterwards",
     )
-    referrals_csv: str | None = Field(default=None, description="CSV with a `day` column instead")
+    referrals_csv: str | None = Field(
+        default=None,
+        description="CSV with a `day` or `date` column instead, and optionally `site`, `product` and "
+        "`urgency` columns (a blank cell is drawn from the mix)",
+    )
+    first_referral_day: float = Field(default=0.0, ge=0, description="no referral before this day")
+    last_referral_day: float | None = Field(default=None, ge=0, description="no referral after this day")
     product_mix: dict[str, float] = Field(default_factory=dict, description="product -> share")
     urgency_mix: dict[str, float] = Field(
         default_factory=lambda: {"standard": 1.0}, description="urgency class -> share"
@@ -130,6 +141,16 @@ class Demand(_Model):
         if v and sum(v.values()) <= 0:
             raise ValueError("shares must not all be zero")
         return v
+
+
+class Referral(NamedTuple):
+    """One referral replayed from a CSV log: its day, and the site, product and urgency it names (None:
+    drawn from the scenario's mix like a Poisson referral)."""
+
+    day: float
+    site: str | None = None
+    product: str | None = None
+    urgency: str | None = None
 
 
 class Booking(_Model):
@@ -275,6 +296,11 @@ class Release(_Model):
     qa_review_elapsed: Distribution = Field(
         default_factory=lambda: fixed(1.0), description="elapsed days of QA review / QP release"
     )
+    qa_review_during_qc: bool = Field(
+        default=False,
+        description="QA reviews the batch record from the end of manufacture, while QC tests incubate; "
+        "the QP still certifies only once the results the release policy needs are in",
+    )
 
 
 class GMP(_Model):
@@ -301,11 +327,16 @@ class GMP(_Model):
 class Costs(_Model):
     qc_per_batch: float = Field(default=0.0, ge=0)
     labour_per_hour: float = Field(default=0.0, ge=0)
+    labour_basis: Literal["paid", "hands_on"] = Field(
+        default="paid",
+        description="paid: every operator, QC analyst and QA reviewer is paid for each shift on their "
+        "calendar (headcount x shift hours); hands_on: only the hours they are busy on a task",
+    )
     facility_per_day: float = Field(default=0.0, ge=0)
 
 
 class Scenario(_Model):
-    _referral_days: list[float] | None = PrivateAttr(default=None)
+    _referrals: list[Referral] | None = PrivateAttr(default=None)
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -360,6 +391,15 @@ StepCheck = Callable[[Scenario, str, Process, int], list[CrossProblem]]
 def has_demand(sc: Scenario) -> bool:
     """Capacity rules only bite when patients arrive: a scenario with no demand may leave resources at 0."""
     return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None
+
+
+def check_demand_window(sc: Scenario) -> list[CrossProblem]:
+    """The demand window runs forward: its last referral day is not before its first."""
+    d = sc.demand
+    if d.last_referral_day is not None and d.last_referral_day < d.first_referral_day:
+        return [CrossProblem("demand.last_referral_day",
+                             f"{d.last_referral_day:g} is before demand.first_referral_day ({d.first_referral_day:g})")]
+    return []
 
 
 def check_warmup(sc: Scenario) -> list[CrossProblem]:
@@ -537,6 +577,7 @@ def check_queue_needs_cryopreserved(sc: Scenario) -> list[CrossProblem]:
 
 CROSS_CHECKS: tuple[CrossCheck, ...] = (
     check_warmup,
+    check_demand_window,
     check_calendars,
     check_unique_sites,
     check_product_mix,
@@ -633,7 +674,7 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
-        sc._referral_days = load_referrals(csv_path, source, sc.start_date)
+        sc._referrals = load_referrals(csv_path, source, sc.start_date, referral_names(sc))
     return sc
 
 
@@ -657,9 +698,23 @@ def _cross_problem(line: str, path: str) -> Problem:
     return (where, what, _MISSING)
 
 
-def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE) -> list[float]:
-    """Referral days from a CSV with a `day` column (days from the start date) or a `date` column (ISO
-    dates or date-times, converted to days from ``start``): a plant's own referral log replayed."""
+REFERRAL_TIME_COLUMNS = ("day", "date")
+REFERRAL_NAME_COLUMNS = ("site", "product", "urgency")
+
+
+def referral_names(sc: Scenario) -> dict[str, list[str]]:
+    """What each name column of a referral log may say: the scenario's sites, products and urgency
+    classes (those of the mix and of the booking order)."""
+    urgencies = list(dict.fromkeys([*sc.demand.urgency_mix, *sc.booking.urgency_order]))
+    return {"site": [x.name for x in sc.sites], "product": list(sc.products), "urgency": urgencies}
+
+
+def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
+                   names: dict[str, list[str]] | None = None) -> list[Referral]:
+    """Referrals from a CSV with a `day` column (days from the start date) or a `date` column (ISO
+    dates or date-times, converted to days from ``start``): a plant's own referral log replayed. `site`,
+    `product` and `urgency` columns, when present, say who each referral is (checked against ``names``);
+    any other column is an error, so a misspelt one is not silently ignored."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -668,11 +723,33 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE)
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
         raise ScenarioError(
-            source, [(_REFERRALS, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)]
+            source, [(_REFERRALS, f"{path} needs a `day` or `date` column, has {sorted(map(str, cols))}", _MISSING)]
         )
+    allowed = REFERRAL_TIME_COLUMNS + REFERRAL_NAME_COLUMNS
+    unknown = sorted("<cells beyond the header>" if c is None else str(c) for c in cols if c not in allowed)
+    if unknown:
+        raise ScenarioError(source, [(_REFERRALS, f"{path}: unknown column(s) {unknown}; allowed: "
+                                      f"{', '.join(allowed)}", _MISSING)])
     origin = dt.datetime.combine(start, dt.time())
-    days = [_referral_day(r, cols, origin, source, f"{path} line {i}") for i, r in enumerate(rows, start=2)]
-    return [d for d in days if d is not None]
+    out = []
+    for i, r in enumerate(rows, start=2):
+        at = f"{path} line {i}"
+        day = _referral_day(r, cols, origin, source, at)
+        if day is not None:
+            out.append(Referral(day, *(_referral_name(r, c, names, source, at) for c in REFERRAL_NAME_COLUMNS)))
+    return out
+
+
+def _referral_name(row: dict[str, str], column: str, names: dict[str, list[str]] | None, source: str,
+                   at: str) -> str | None:
+    """The row's site, product or urgency (None when blank or absent), one the scenario knows."""
+    v = (row.get(column) or "").strip()
+    if not v:
+        return None
+    if names is not None and v not in names[column]:
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: unknown {column} {v!r}; the scenario's: "
+                                      f"{', '.join(names[column])}", _MISSING)])
+    return v
 
 
 def _referral_day(row: dict[str, str], cols: set[str], origin: dt.datetime, source: str, at: str) -> float | None:
@@ -697,8 +774,13 @@ def _row_days(row: dict[str, str], cols: set[str], origin: dt.datetime) -> float
     return None
 
 
+def scenario_referrals(sc: Scenario) -> list[Referral] | None:
+    """The referral log the scenario replays, or None when referrals are drawn (Poisson)."""
+    return sc._referrals
+
+
 def scenario_referral_days(sc: Scenario) -> list[float] | None:
-    return sc._referral_days
+    return None if sc._referrals is None else [r.day for r in sc._referrals]
 
 
 def load_scenario(path: str | Path) -> tuple[Scenario, str]:
@@ -778,7 +860,10 @@ def _read_base_text(base_path: Path, src: str, base_ref: str) -> str:
 
 def _merge(base: Any, over: Any) -> Any:
     """Mappings merge key by key; lists of named items (sites, steps, tests) merge by ``name``; anything
-    else is replaced."""
+    else is replaced. A distribution given with a different ``dist`` replaces the base's whole (a
+    triangular's low/mode/high mean nothing to a fixed value); with the same ``dist`` it merges."""
+    if _new_family(base, over):
+        return over
     if isinstance(base, dict) and isinstance(over, dict):
         merged = dict(base)
         for k, v in over.items():
@@ -787,6 +872,11 @@ def _merge(base: Any, over: Any) -> Any:
     if isinstance(base, list) and isinstance(over, list) and _all_named(base + over):
         return _merge_named(base, over)
     return over
+
+
+def _new_family(base: Any, over: Any) -> bool:
+    """True when ``over`` is a distribution of another family than ``base``."""
+    return isinstance(base, dict) and isinstance(over, dict) and "dist" in over and over["dist"] != base.get("dist")
 
 
 def _all_named(items: list[Any]) -> bool:
