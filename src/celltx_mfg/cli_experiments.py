@@ -48,6 +48,7 @@ DEFAULT_KPIS = (
     "patients_lost",
     "vein_to_vein_days.mean",
     "vein_to_vein_days.p90",
+    "referral_to_infusion_days.p90",
     "wait_for_slot_days.mean",
     "utilisation.suite",
     "cost_per_infused_patient",
