@@ -270,9 +270,9 @@ def test_plan_finds_the_known_smallest_suite_count(tmp_path: Path, per_day: int,
     assert result.value == answer
     ev = result.evidence.set_index("value")
     assert ev.loc[answer, "status"] == "meets"
-    assert ev.loc[answer - 1, "status"] == "fails"  # the bisection tried the value just below
+    assert ev.loc[answer - 1, "status"] == "fails"  # the value just below was tried and failed
     assert all((ev.index >= answer) == (ev["status"] == "meets"))
-    assert len(ev) <= 9  # galloping + bisection, not a scan of the range
+    assert len(ev) <= 9  # doubling strides, then trimmed back: not a scan of the range
 
 
 def test_plan_reports_no_value_when_range_is_too_small(daily_csv: Path) -> None:

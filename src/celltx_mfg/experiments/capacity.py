@@ -426,7 +426,7 @@ class CapacitySearch:
             nxt = self.probe([self.moved(here.position, i, stride)], Phase.LINE)[0]
             if nxt.meets:
                 return nxt
-            if nxt.shortfall < here.shortfall and _unmet(nxt) <= _unmet(here):
+            if nxt.shortfall < here.shortfall and (math.isinf(here.shortfall) or _unmet(nxt) <= _unmet(here)):
                 here, stride = nxt, stride * 2
             elif stride > 1:
                 stride //= 2
@@ -579,7 +579,7 @@ def check_requirements_paths(scenario: Scenario, requirements: Sequence[str]) ->
 def _outcome(search: CapacitySearch, spent: bool) -> tuple[PlanOutcome, str]:
     if search.best is not None:
         why = "the evaluation budget ended the search for cheaper combinations" if spent else (
-            "no cheaper candidate tried (one step down of each lever, one-for-one trades) meets")
+            "no cheaper candidate tried (each lever one step down, steps traded between levers) meets")
         return PlanOutcome.MET, why
     if spent:
         return PlanOutcome.BUDGET_EXHAUSTED, f"the evaluation budget ({search.budget}) ran out before any candidate met"
