@@ -193,6 +193,18 @@ def test_a_guide_from_elsewhere_steers_the_search(two_a_day: str) -> None:
     assert result.chosen is not None and result.chosen.values == {"suites": 20, "booking.starts_per_day": 2}
 
 
+def test_interrupt_returns_the_candidates_finished(two_a_day: str) -> None:
+    def progress(done: int, total: int) -> None:
+        if done == 3:  # inside the first probes, after the start candidate
+            raise KeyboardInterrupt
+
+    with pytest.raises(ex.ExperimentInterrupted) as e:
+        _plan(two_a_day, LEVERS, [WAIT], progress=progress)
+    partial = e.value.partial
+    assert isinstance(partial, ex.CapacityPlan) and partial.outcome is ex.PlanOutcome.INTERRUPTED
+    assert [c.phase for c in partial.candidates] == [ex.Phase.START] and not partial.met
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(suites_max=st.integers(14, 26), starts_max=st.integers(1, 3), wait=st.sampled_from([1.0, 2.0, 10.0, 30.0]),
        budget=st.integers(1, 14))

@@ -333,7 +333,7 @@ def plan(
     """Find the cheapest combination of lever values meeting every requirement.
 
     Every candidate runs the same replication seeds (common random numbers) and is accepted only on its
-    own replication means: more capacity is not assumed to help. The search follows the lever whose next
+    own replication means: more of a lever is not assumed never to hurt. The search follows the lever whose next
     step improves the unmet requirements most per unit cost, then looks for cheaper combinations (each
     lever stepped back down, units traded between levers). The evidence table lists every candidate
     tried. Exit 1 when none met (within the bounds, or before --budget ran out)."""

@@ -62,6 +62,7 @@ class PlanOutcome(StrEnum):
     MET = "met"  # a candidate met every requirement on its own replications; the cheapest is chosen
     NOT_MET = "not_met"  # none did, and the levers reached their bounds or no step improved anything
     BUDGET_EXHAUSTED = "budget_exhausted"  # the evaluation budget ran out before any candidate met
+    INTERRUPTED = "interrupted"  # Ctrl-C: the partial result of ExperimentInterrupted (never printed)
 
 
 class Phase(StrEnum):
@@ -176,7 +177,7 @@ def resolve_levers(scenario: Scenario, specs: Sequence[LeverSpec]) -> list[Lever
 Position = tuple[int, ...]  # steps above each lever's lower bound
 
 
-@dataclass
+@dataclass(eq=False)  # a candidate is itself: compared by identity, not field by field
 class Candidate:
     """One combination of lever values, run on the plan's replication seeds, and what it came to.
     ``shortfall`` is the normalised distance to meeting every requirement (0 when it meets; infinite
@@ -411,6 +412,8 @@ class CapacitySearch:
         """Walk the best-ranked lever whose first step lowers the shortfall; None if none does."""
         names = [lv.name for lv in self.levers]
         for mv in ranked(values):
+            if mv.lever not in names:
+                raise ExperimentError(f"the guide named lever {mv.lever!r}; the plan's levers are {', '.join(names)}")
             y = self._line(x, names.index(mv.lever))
             if y is not None:
                 return y
@@ -576,7 +579,9 @@ def check_requirements_paths(scenario: Scenario, requirements: Sequence[str]) ->
         check_kpi_path(skeleton, req.path, scenario)
 
 
-def _outcome(search: CapacitySearch, spent: bool) -> tuple[PlanOutcome, str]:
+def _outcome(search: CapacitySearch, spent: bool, interrupted: bool) -> tuple[PlanOutcome, str]:
+    if interrupted:
+        return PlanOutcome.INTERRUPTED, f"interrupted after {search.simulated} candidate(s)"
     if search.best is not None:
         why = "the evaluation budget ended the search for cheaper combinations" if spent else (
             "no cheaper candidate tried (each lever one step down, steps traded between levers) meets")
@@ -612,8 +617,8 @@ def capacity_plan(
         search = CapacitySearch(base, resolved, requirements, replications, budget, session,
                                 guide or step_marginal_values)
 
-        def result(spent: bool) -> CapacityPlan:
-            outcome, reason = _outcome(search, spent)
+        def result(spent: bool, interrupted: bool = False) -> CapacityPlan:
+            outcome, reason = _outcome(search, spent, interrupted)
             return CapacityPlan(scenario.name, resolved, list(requirements), replications, budget, outcome, reason,
                                 search.best, sorted(search.tried.values(), key=lambda c: c.id), search.guidance,
                                 not spent, scenario.seed)
@@ -624,6 +629,6 @@ def capacity_plan(
         except _BudgetSpent:
             return result(True)
         except KeyboardInterrupt:
-            raise ExperimentInterrupted(result(True), session.finished, session.finished,
+            raise ExperimentInterrupted(result(True, interrupted=True), session.finished, session.finished,
                                         session.stored_run_ids) from None
     return result(False)
