@@ -1,7 +1,7 @@
 """`celltx sweep | compare | plan | bottleneck`: the experiment commands, registered on the main app by ``register``.
 
 Thin: options are parsed and checked here, the work is :mod:`celltx_mfg.experiments`. Exit codes follow
-the main CLI (``EXIT_CODES``): 0 done; 1 ``plan`` found no lever value meeting the requirements; 2 bad input (file,
+the main CLI (``EXIT_CODES``): 0 done; 1 ``plan`` found no combination meeting the requirements; 2 bad input (file,
 option, database) with a message and no traceback; 130 interrupted (finished runs stay stored).
 """
 
@@ -288,64 +288,115 @@ def _nan(v: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- plan
+LEVER_HELP = ("lever to turn, LEVER[:cost=PER_UNIT][:min=V][:max=V][:step=V]; repeat for several. LEVER: suites, "
+              "incubators, operators, qc_analysts, qa_reviewers, starts_per_day, or a dotted scenario path "
+              "(sites.*.apheresis_per_day: every site). cost is per unit added (with *, per item changed); a "
+              "lever without cost is free. min/max default to --min/--max, else from the scenario's value "
+              "up to twice it; step defaults to 1")
+
+
+def parse_levers(options: list[str], lo: float | None, hi: float | None) -> list[Any]:
+    """``--lever suites:cost=400000:max=40`` (repeatable) -> lever specs, --min/--max filling the bounds
+    a lever leaves open; a malformed one exits 2 naming the option."""
+    from dataclasses import replace
+
+    from .experiments import ExperimentError, LeverSpec
+
+    specs = []
+    for opt in options:
+        try:
+            spec = LeverSpec.parse(opt)
+        except ExperimentError as e:
+            raise typer.BadParameter(str(e), param_hint="'--lever'") from None
+        specs.append(replace(spec, lo=spec.lo if spec.lo is not None else lo,
+                             hi=spec.hi if spec.hi is not None else hi))
+    return specs
+
+
 def plan(
     file: Path = typer.Argument(..., help=FILE_HELP),
-    lever: str = typer.Option(..., "--lever", help="lever to size: suites, incubators, operators, qc_analysts, "
-                              "qa_reviewers, starts_per_day, or a dotted integer path"),
+    lever: list[str] = typer.Option(..., "--lever", help=LEVER_HELP),
     require: list[str] = typer.Option(..., "--require", help=f"requirement on the replication means, {REQUIRE_FORM}; "
                                       "repeat for several"),
-    lo: int = typer.Option(1, "--min", help="smallest lever value to consider"),
-    hi: int = typer.Option(40, "--max", help="largest lever value to consider"),
-    replications: int = replications_option(10, 1, "replications per value tried"),
+    lo: int | None = typer.Option(None, "--min", help="lower bound of every lever without its own :min "
+                                  "(default: the scenario's value)"),
+    hi: int | None = typer.Option(None, "--max", help="upper bound of every lever without its own :max "
+                                  "(default: twice the scenario's value)"),
+    budget: int = typer.Option(40, "--budget", min=1, max=MAX_REPLICATIONS,
+                               help="most candidates to simulate (each -r replications); the search stops there"),
+    replications: int = replications_option(10, 1, "replications per candidate"),
     jobs: int = JOBS_OPTION,
     db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
     backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Find the smallest lever value (e.g. suites) that meets every requirement.
+    """Find the cheapest combination of lever values meeting every requirement.
 
-    Requirements are judged on the replication means; the search gallops up from --min, then bisects
-    (it assumes more capacity never hurts). Exit 1, with the evidence, when no value in range does."""
+    Every candidate runs the same replication seeds (common random numbers) and is accepted only on its
+    own replication means: more of a lever is not assumed never to hurt. The search follows the lever whose next
+    step improves the unmet requirements most per unit cost, then looks for cheaper combinations (each
+    lever stepped back down, units traded between levers). The evidence table lists every candidate
+    tried. Exit 1 when none met (within the bounds, or before --budget ran out)."""
     from . import experiments as ex
 
     check_requirement_syntax(require)
-    if lo > hi:
+    if lo is not None and hi is not None and lo > hi:
         raise typer.BadParameter(f"--min ({lo}) must be <= --max ({hi})", param_hint="'--min'")
+    specs = parse_levers(lever, lo, hi)
     sc, text = load_or_exit(file)
     with handled():
         engine = open_db(db)
-        jobs = cap_jobs(jobs, replications, backend.value)  # one lever value's replications at a time
-        with progress_bar(as_json, f"plan {lever}") as progress:
-            result = ex.plan(sc, text, lever, require, lo=lo, hi=hi, replications=replications, jobs=jobs,
-                             backend=backend.value, engine=engine, progress=progress,
-                             ray_address=ray_address, source=str(file), base_dir=file.parent)
+        jobs = cap_jobs(jobs, replications * len(specs), backend.value)  # one step of every lever at a time
+        with progress_bar(as_json, "plan") as progress:
+            result = ex.capacity_plan(sc, text, specs, require, replications=replications, budget=budget, jobs=jobs,
+                                      backend=backend.value, engine=engine, progress=progress,
+                                      ray_address=ray_address, source=str(file), base_dir=file.parent)
     if as_json:
-        _print_json(_plan_json(result, sc.name, lo, hi, replications))
+        _print_json(plan_json(result))
     else:
-        _out().print(_plan_table(result, sc.name, replications))
-        if result.value is not None:
-            _out().print(f"smallest {result.lever} meeting every requirement: {result.value}", markup=False)
-        else:
-            err.print(f"no value of {result.lever} in [{lo}, {hi}] meets every requirement", markup=False)
-    if result.value is None:
+        _print_plan(result)
+    if not result.met:
         raise typer.Exit(1)
 
 
-def _plan_json(result: Any, scenario: str, lo: int, hi: int, replications: int) -> dict[str, Any]:
-    return {
-        "command": "plan",
-        "scenario": scenario,
-        "lever": result.lever,
-        "path": result.path,
-        "requirements": result.requirements,
-        "min": lo,
-        "max": hi,
-        "replications": replications,
-        "value": result.value,
-        "met": result.value is not None,
-        "evidence": result.evidence,
-    }
+def _money(v: float | None) -> str:
+    """A cost: whole units, thousands separated (a plan's costs are capital sums, not KPIs)."""
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _values_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in values.items())
+
+
+def _print_plan(result: Any) -> None:
+    out = _out()
+    out.print("levers: " + "; ".join(lv.describe() for lv in result.levers), markup=False)
+    out.print(_plan_table(result))
+    if result.guidance:
+        out.print(_guidance_table(result))
+    done = f"{result.evaluations} candidate(s) simulated, budget {result.budget}"
+    if result.chosen is None:
+        err.print(f"{result.outcome}: {result.reason} ({done})", markup=False)
+        return
+    c = result.chosen
+    out.print(f"cheapest plan found: {_values_text(c.values)} (#{c.id}), cost {_money(c.cost)}; {done}; "
+              f"{result.reason}", markup=False)
+    single = result.single_lever_best
+    if single is not None and single is not c:
+        out.print(f"cheapest single-lever plan tried: {_values_text(single.values)} (#{single.id}), cost "
+                  f"{_money(single.cost)}", markup=False)
+    close = [chk.requirement for chk in c.checks if _close_call(c, chk)]
+    if close:
+        err.print(f"note: {', '.join(close)} is within its 95% half-width of the bound: more replications (-r) "
+                  "would make the plan surer", markup=False)
+
+
+def _close_call(c: Any, chk: Any) -> bool:
+    from .analysis import value_or_none
+
+    hw = value_or_none(c.summary.get("ci95", {}), chk.path)
+    return chk.actual is not None and hw is not None and abs(chk.actual - chk.threshold) <= hw
 
 
 def _requirement_cell(r: dict[str, Any], req: str) -> str:
@@ -355,17 +406,17 @@ def _requirement_cell(r: dict[str, Any], req: str) -> str:
     return f"{_mean_ci(r.get(req), r.get(f'{req} ci95'))} {'ok' if ok else 'FAIL'}"
 
 
-def _plan_table(result: Any, scenario: str, replications: int) -> Table:
-    """The evidence: every lever value tried, each requirement's mean ± half-width and verdict."""
-    table = Table(title=f"plan {result.lever} ({result.path}) for {scenario}: every value tried, "
-                        f"{replications} replications each (means ± 95% half-width)")
-    table.add_column(result.lever, justify="right")
-    table.add_column("result")
-    for req in result.requirements:
-        table.add_column(req, justify="right")
-    table.add_column("note")
+def _plan_table(result: Any) -> Table:
+    """The evidence: every candidate tried, its lever values, cost, each requirement's mean ± half-width."""
+    table = Table(title=f"plan for {result.scenario}: every candidate tried, {result.replications} replication(s) "
+                        "each on common random numbers (means ± 95% half-width)")
+    for col in ("#", "phase", *(lv.name for lv in result.levers), "cost", "result", *result.requirements, "note"):
+        table.add_column(col, justify="left" if col in ("phase", "result", "note") else "right")
+    chosen = result.chosen.id if result.chosen is not None else None
     for r in result.evidence.to_dict(orient="records"):
-        cells = [str(r["value"]), str(r["status"])]
+        cells = [f"{r['candidate']}{'*' if r['candidate'] == chosen else ''}", str(r["phase"])]
+        cells += [fmt_value(r[lv.name]) for lv in result.levers]
+        cells += [_money(r["cost"]), str(r["status"])]
         cells += [_requirement_cell(r, req) for req in result.requirements]
         cells.append("" if _nan(r.get("note")) else str(r.get("note") or ""))
         table.add_row(*cells)
@@ -377,7 +428,7 @@ def bottleneck(
     file: Path = typer.Argument(..., help=FILE_HELP),
     replications: int = replications_option(10, 2, "paired replications per resource kind"),
     kpi: str | None = typer.Option(None, "--kpi", help="target KPI path the marginal values are measured on "
-                                   "(default: vein_to_vein_days.p90); lower is better except throughput, "
+                                   "(default: referral_to_infusion_days.p90); lower is better except throughput, "
                                    "infusions and on-time share"),
     jobs: int = JOBS_OPTION,
     db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
@@ -449,6 +500,56 @@ def _binding_line(result: Any) -> str:
     mv = top.marginal
     return (f"binding: {top.kind} - {top.lever} changes {result.kpi} by {_mean_ci(mv.mean, mv.ci95)} "
             f"(effective utilisation {_pct(top.effective_utilisation)})")
+
+
+def _guidance_table(result: Any) -> Table:
+    """Marginal values the search followed: one step of each lever against the candidate it left."""
+    table = Table(title="marginal value of one step (improvement of the unmet requirements, normalised; "
+                        "paired on common random numbers)")
+    for col in ("at #", "lever", "improvement", "step cost", "per million"):
+        table.add_column(col, justify="left" if col == "lever" else "right")
+    for at, values in result.guidance:
+        for mv in values:
+            per = None if mv.per_cost is None else mv.per_cost * 1e6
+            table.add_row(str(at), mv.lever, _mean_ci(mv.improvement, mv.ci95),
+                          "free" if not mv.step_cost else _money(mv.step_cost), fmt_value(per))
+    return table
+
+
+def plan_json(result: Any) -> dict[str, Any]:
+    """``celltx plan --json``: the outcome, the plan chosen, every candidate and the guidance taken."""
+    chosen = result.chosen
+    return {
+        "command": "plan",
+        "scenario": result.scenario,
+        "levers": [{"lever": lv.name, "path": lv.path, "base": list(lv.base), "min": lv.lo, "max": lv.hi,
+                    "step": lv.step, "cost_per_unit": lv.unit_cost} for lv in result.levers],
+        "requirements": result.requirements,
+        "replications": result.replications,
+        "seed": result.seed,
+        "budget": result.budget,
+        "evaluations": result.evaluations,
+        "status": str(result.outcome),
+        "met": result.met,
+        "reason": result.reason,
+        "search_complete": result.search_complete,
+        "chosen": None if chosen is None else {"candidate": chosen.id, "values": chosen.values, "cost": chosen.cost},
+        "candidates": [_candidate_json(c) for c in result.candidates],
+        "guidance": [{"at": at, "marginal_values": [mv._asdict() | {"per_cost": mv.per_cost} for mv in values]}
+                     for at, values in result.guidance],
+    }
+
+
+def _candidate_json(c: Any) -> dict[str, Any]:
+    from .analysis import value_or_none
+
+    ci = c.summary.get("ci95", {})
+    return {
+        "candidate": c.id, "phase": str(c.phase), "values": c.values, "cost": c.cost, "status": str(c.status),
+        "replications": len(c.per_run), "shortfall": c.shortfall, "note": c.note,
+        "requirements": {chk.requirement: {"mean": chk.actual, "ci95": value_or_none(ci, chk.path), "ok": chk.ok}
+                         for chk in c.checks},
+    }
 
 
 def register(app: typer.Typer) -> None:
