@@ -98,12 +98,23 @@ def url_label(url: sa.URL, fallback: str | None = None) -> str:
     """How a store is named in a message: a SQLite file by its path, any other URL with its password
     masked (the one rule, for an open engine and for a URL still being opened)."""
     if url.get_backend_name() == "sqlite":
-        return str(url.database or fallback)
+        name = str(url.database or fallback)
+        # a read-only open names the file as an SQLite URI (file:PATH?mode=ro): print the path
+        return name.removeprefix("file:") if url.query.get("uri") == "true" else name
     return url.render_as_string(hide_password=True)
 
 
 def _where(engine: Engine) -> str:
     return url_label(engine.url)
+
+
+def _damage_hint(exc: BaseException) -> str:
+    """What to do when SQLite found the file damaged while reading (what quick_check at open cannot see:
+    a flipped byte inside a stored value)."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorname", "") == "SQLITE_CORRUPT" or "Could not decode" in str(orig):
+        return " (the database file is damaged: `celltx verify` names the rows it can; restore it from a backup)"
+    return ""
 
 
 @contextmanager
@@ -113,7 +124,7 @@ def _reading(engine: Engine, what: str = "read") -> Iterator[Connection]:
         with engine.connect() as conn:
             yield conn
     except DB_ERRORS as e:
-        raise StoreError(f"cannot {what} {_where(engine)}: {_reason(e)}") from e
+        raise StoreError(f"cannot {what} {_where(engine)}: {_reason(e)}{_damage_hint(e)}") from e
 
 
 @contextmanager
