@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
@@ -32,6 +31,7 @@ from .cli_common import (
     SEED_OPTION,
     Backend,
     ExportFormat,
+    SafeConsole,
     cap_jobs,
     check_kpi_paths,
     check_requirement_syntax,
@@ -57,7 +57,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+out = SafeConsole(soft_wrap=True)
 
 
 def _print_version(value: bool) -> None:
@@ -203,8 +203,9 @@ def kpis(
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
     engine = open_db(db, readonly=True)
-    ids = _runs_for(engine, run, scenario)
-    result = stored_kpis(engine, ids)
+    with handled(db):
+        ids = _runs_for(engine, run, scenario)
+        result = stored_kpis(engine, ids)
     if as_json:
         print(json.dumps({"command": "kpis", "runs": ids, "kpis": json_numbers(result)}, default=float))
     else:
@@ -227,6 +228,9 @@ def export(
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
     engine = open_db(db, readonly=True)
+    with handled(db):
+        if run and not batch:
+            _runs_for(engine, run, None)  # every run named is stored: exit 2 naming the missing ones
     try:
         if batch:
             target = out_dir if out_dir.suffix == ".csv" else out_dir / f"{batch}.csv"
@@ -289,7 +293,9 @@ def verify(
 
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
-    problems = verify_store(open_db(db, readonly=True), run)
+    engine = open_db(db, readonly=True, audit=True)
+    with handled(db):
+        problems = verify_store(engine, run)
     if not problems:
         out.print(f"{display_url(db)}: every run's record chain and release signature verified", markup=False)
         return
