@@ -23,6 +23,8 @@ AREAS = {
     "test_fuzz_scenarios.py": "Bad input: scenario files, `celltx validate` and `celltx run`",
     "test_faults.py": "Faults: killed runs, read-only and full storage, concurrent writers and readers, long runs",
     "test_integrity.py": "Integrity of the batch log created by the CLI",
+    "test_foreign_stores.py": "Stores that are not ours, or broken: foreign, newer, damaged, devices, missing folders",
+    "test_input_limits.py": "Input that validate accepts: long horizons, FIFOs, large files, names, shares and costs",
 }
 BEGIN, END = "<!-- cases: begin (generated) -->", "<!-- cases: end -->"
 HEADER = "| case | expected | result | observed | last run |"
