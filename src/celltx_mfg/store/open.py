@@ -114,6 +114,8 @@ def _check_file_kind(target: _Target) -> None:
         return
     except OSError as e:
         raise StoreError(f"cannot open store {target.where}: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL character (a URL's %00)
+        raise StoreError(f"cannot open store {target.where}: the path contains a NUL character") from e
     for test, what in _NOT_FILES:
         if test(mode):
             raise StoreError(f"cannot open store {target.where}: it is {what}, not a database file")
