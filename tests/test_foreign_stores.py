@@ -443,6 +443,22 @@ def test_open_store_refuses_in_the_library_too(tmp_path: Path) -> None:
             assert "\n" not in str(e.value)
 
 
+def test_postgres_database_with_a_clashing_table_is_refused(pg_url: str, short: Path) -> None:
+    """A PostgreSQL database holding another application's `run` table: `celltx run` exits 2 with one line
+    (password masked) naming the clash, and creates none of our tables there."""
+    import sqlalchemy as sa
+
+    e = sa.create_engine(pg_url)
+    with e.begin() as c:
+        c.execute(sa.text("CREATE TABLE run (id integer PRIMARY KEY, what text)"))
+    msg = one_line_exit2(runner.invoke(app, ["run", str(short), "--db", pg_url]), "run", "left untouched")
+    assert "s3cret" not in msg
+    with e.connect() as c:
+        assert sa.inspect(c).get_table_names() == ["run"]
+    e.dispose()
+    note(msg)
+
+
 # ---------------------------------------------------------------------------------------- dashboard
 def _dashboard(monkeypatch: pytest.MonkeyPatch, db: Path, page: str | None) -> AppTest:
     monkeypatch.setenv("CELLTX_DB", str(db))

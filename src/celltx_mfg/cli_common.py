@@ -133,16 +133,16 @@ def load_or_exit(path: Path) -> tuple[Any, str]:
         fail(e.render())
 
 
-def open_db(db: str | None, readonly: bool = False, audit: bool = False) -> Any:
+def open_db(db: str | None, readonly: bool = False, **checks: bool) -> Any:
     """An open store, None when no database was asked for, or exit 2 naming the database. ``readonly``
-    for commands that only read (verify, kpis, export): they then work on read-only storage; ``audit``
-    for verify (the thorough file check, damaged text read so that verify names its row)."""
+    for commands that only read (verify, kpis, export): they then work on read-only storage; ``checks``
+    are open_store's ``audit`` and ``lenient_text`` (verify)."""
     if db is None:
         return None
     from .store import StoreError, display_url, open_store
 
     try:
-        return open_store(db, readonly=readonly and "://" not in db, audit=audit)
+        return open_store(db, readonly=readonly and "://" not in db, **checks)
     except StoreError as e:
         fail(f"database {display_url(db)}: {e}")
 

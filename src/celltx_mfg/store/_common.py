@@ -108,11 +108,17 @@ def _where(engine: Engine) -> str:
     return url_label(engine.url)
 
 
+def damaged_text(exc: BaseException) -> bool:
+    """A read failed on a stored text that is not UTF-8 (a flipped byte inside a value, which the file
+    checks at open cannot see); ``exc`` a database error or the ``StoreError`` made of one."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+    return "Could not decode to UTF-8" in str(getattr(cause, "orig", None) or cause)
+
+
 def _damage_hint(exc: BaseException) -> str:
-    """What to do when SQLite found the file damaged while reading (what quick_check at open cannot see:
-    a flipped byte inside a stored value)."""
+    """What to do when SQLite found the file damaged while reading."""
     orig = getattr(exc, "orig", None) or exc
-    if getattr(orig, "sqlite_errorname", "") == "SQLITE_CORRUPT" or "Could not decode" in str(orig):
+    if getattr(orig, "sqlite_errorname", "") == "SQLITE_CORRUPT" or damaged_text(exc):
         return " (the database file is damaged: `celltx verify` names the rows it can; restore it from a backup)"
     return ""
 

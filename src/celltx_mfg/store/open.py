@@ -121,13 +121,13 @@ def _check_file_kind(target: _Target) -> None:
             raise StoreError(f"cannot open store {target.where}: it is {what}, not a database file")
 
 
-def _create_engine(target: _Target, readonly: bool, audit: bool = False) -> Engine:
+def _create_engine(target: _Target, readonly: bool, lenient_text: bool = False) -> Engine:
     try:
         engine = sa.create_engine(target.url)
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot open store {target.where}: {_reason(e)}") from e
     if target.sqlite:
-        event.listen(engine, "connect", _sqlite_settings(readonly, audit))
+        event.listen(engine, "connect", _sqlite_settings(readonly, lenient_text))
     return engine
 
 
@@ -148,10 +148,10 @@ def _lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _sqlite_settings(readonly: bool, audit: bool = False) -> Callable[[Any, Any], None]:
+def _sqlite_settings(readonly: bool, lenient_text: bool = False) -> Callable[[Any, Any], None]:
     """The settings every SQLite connection of the engine gets when it is made."""
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        if audit:
+        if lenient_text:
             dbapi_conn.text_factory = _lenient_text
         cur = dbapi_conn.cursor()
         try:
@@ -269,19 +269,20 @@ def _prepare(engine: Engine, target: _Target, readonly: bool) -> None:
         raise StoreError(f"cannot open store {target.where}: {_reason(e)}{hint}") from e
 
 
-def open_store(db: str = DEFAULT_DB, *, readonly: bool = False, audit: bool = False) -> Engine:
+def open_store(db: str = DEFAULT_DB, *, readonly: bool = False, audit: bool = False,
+               lenient_text: bool = False) -> Engine:
     """Open (creating if needed) a store at a file path or SQLAlchemy URL (anything with '://').
 
     ``readonly`` opens an existing SQLite file without writing to it (dashboards). ``audit`` (``verify``)
-    checks the file with ``integrity_check`` instead of ``quick_check``, and reads text that is not UTF-8
-    (flipped bytes) with replacement characters, so that ``verify`` names the damaged row instead of
-    stopping at it.
+    checks the file with ``integrity_check`` instead of ``quick_check``. ``lenient_text`` reads a stored
+    text that is not UTF-8 (a flipped byte) with replacement characters instead of failing, so that
+    ``verify`` can name the damaged row; it makes reading slower, so it is for that second look only.
     """
     target = _locate(db, readonly)
     _check_file_kind(target)
     _look(target, IntegrityCheck.FULL if audit else IntegrityCheck.QUICK)
     if not readonly:
         _make_directory(target)
-    engine = _create_engine(target, readonly, audit)
+    engine = _create_engine(target, readonly, lenient_text)
     _prepare(engine, target, readonly)
     return engine
