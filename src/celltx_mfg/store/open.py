@@ -235,14 +235,23 @@ def _look(target: _Target, check: IntegrityCheck) -> None:
         check_not_newer(header.user_version, target.where)
         check_integrity(query, target.where, check)
     except sqlite3.Error as e:
-        if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
-            raise StoreError(f"cannot open store {target.where}: not an SQLite database ({_reason(e)}); "
-                             "it was left untouched") from e
-        if getattr(e, "sqlite_errorname", "") == "SQLITE_CORRUPT":
-            raise StoreError(f"cannot open store {target.where}: the database file is damaged ({_reason(e)}); "
-                             "nothing was read or written: restore it from a backup") from e
+        found = _definite(e, target.where)
+        if found is not None:
+            raise found from e
     finally:
         con.close()
+
+
+def _definite(e: sqlite3.Error, where: str) -> StoreError | None:
+    """What a failed look at the file says for sure (not a database, damaged); None for anything the open
+    itself reports better (a locked file, a folder that cannot be written)."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name == "SQLITE_NOTADB":
+        return StoreError(f"cannot open store {where}: not an SQLite database ({_reason(e)}); it was left untouched")
+    if name == "SQLITE_CORRUPT":
+        return StoreError(f"cannot open store {where}: the database file is damaged ({_reason(e)}); "
+                          "nothing was read or written: restore it from a backup")
+    return None
 
 
 def _unwritable_hint(target: _Target) -> str:
