@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
@@ -32,6 +31,7 @@ from .cli_common import (
     SEED_OPTION,
     Backend,
     ExportFormat,
+    SafeConsole,
     cap_jobs,
     check_kpi_paths,
     check_requirement_syntax,
@@ -57,7 +57,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+out = SafeConsole(soft_wrap=True)
 
 
 def _print_version(value: bool) -> None:
@@ -203,8 +203,9 @@ def kpis(
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
     engine = open_db(db, readonly=True)
-    ids = _runs_for(engine, run, scenario)
-    result = stored_kpis(engine, ids)
+    with handled(db):
+        ids = _runs_for(engine, run, scenario)
+        result = stored_kpis(engine, ids)
     if as_json:
         print(json.dumps({"command": "kpis", "runs": ids, "kpis": json_numbers(result)}, default=float))
     else:
@@ -227,6 +228,9 @@ def export(
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
     engine = open_db(db, readonly=True)
+    with handled(db):
+        if run and not batch:
+            _runs_for(engine, run, None)  # every run named is stored: exit 2 naming the missing ones
     try:
         if batch:
             target = out_dir if out_dir.suffix == ".csv" else out_dir / f"{batch}.csv"
@@ -285,11 +289,11 @@ def verify(
     """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
     inserted after the fact (exit 1)."""
     from .store import display_url
-    from .store import verify as verify_store
 
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
-    problems = verify_store(open_db(db, readonly=True), run)
+    with handled(db):
+        problems = _verified(db, run)
     if not problems:
         out.print(f"{display_url(db)}: every run's record chain and release signature verified", markup=False)
         return
@@ -297,6 +301,20 @@ def verify(
         err.print(str(p), markup=False)
     err.print(f"{len(problems)} integrity problem(s) found", markup=False)
     raise typer.Exit(1)
+
+
+def _verified(db: str, run: int | None) -> list[Any]:
+    """verify's findings, the file checked by integrity_check first; when a stored text turns out not to be
+    UTF-8 (a flipped byte), a second look reads it with replacement characters so the row is named."""
+    from .store import StoreError, damaged_text
+    from .store import verify as verify_store
+
+    try:
+        return verify_store(open_db(db, readonly=True, audit=True), run)
+    except StoreError as e:
+        if not damaged_text(e):
+            raise
+    return verify_store(open_db(db, readonly=True, lenient_text=True), run)
 
 
 @app.command()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .cli_common import (
@@ -31,6 +30,7 @@ from .cli_common import (
     RAY_OPTION,
     REQUIRE_FORM,
     Backend,
+    SafeConsole,
     cap_jobs,
     check_kpi_paths,
     check_requirement_syntax,
@@ -58,9 +58,9 @@ PRECISION_FORM = "KPI=HALFWIDTH (e.g. vein_to_vein_days.mean=0.5)"
 _VARY = re.compile(r"^\s*(?P<lever>[A-Za-z_*][\w.*\-]*)\s*=\s*(?P<values>.*\S)\s*$")
 
 
-def _out() -> Console:
+def _out() -> SafeConsole:
     """stdout console; tables piped to a file or a pager keep their columns instead of 80-char folds."""
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 220)
+    return SafeConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 220)
 
 
 def parse_vary(options: list[str]) -> dict[str, list[str]]:
@@ -205,7 +205,7 @@ def _sweep_table(result: Any, levers: list[str], shown: list[str], by_scenario: 
     for path in shown:
         table.add_column(path, justify="right")
     for cell, summary, met in zip(result.cells, result.summaries, result.precision_met, strict=True):
-        row = [cell.name.split("[")[0]] if by_scenario else []
+        row = [cell.name.rsplit("[", 1)[0] if cell.levers else cell.name] if by_scenario else []
         row += [fmt_value(cell.levers.get(lever)) for lever in levers]
         row.append(str(summary["replications"]) + ("" if met in (None, True) else " (cap)"))
         for path in shown:

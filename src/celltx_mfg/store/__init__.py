@@ -32,6 +32,7 @@ from ._common import (
     _reason,
     _where,
     _write_txn,
+    damaged_text,
     display_url,
 )
 from .corrections import record_correction
@@ -63,9 +64,9 @@ from .write import _diagnose, _insert_sqlite, _write_run, write_run
 __all__ = [
     "DEFAULT_DB", "RECORD_TABLES", "RELEASE_MODES", "RESOURCE_KINDS", "SCHEMA_VERSION", "SIGNATURE_MEANINGS",
     "CorrectionRow", "Problem", "ProblemKind", "RunRow", "ScenarioRow", "StoreError",
-    "display_url", "export_batch_csv", "export_csv", "export_parquet", "list_runs", "list_scenarios", "load_frames",
-    "load_run_meta", "open_store", "record_correction", "reference_body", "reference_chain", "scenario_text",
-    "verify", "write_run",
+    "damaged_text", "display_url", "export_batch_csv", "export_csv", "export_parquet", "list_runs",
+    "list_scenarios", "load_frames", "load_run_meta", "open_store", "record_correction", "reference_body",
+    "reference_chain", "scenario_text", "verify", "write_run",
     # private, used by tests and benchmarks
     "_ALL_TABLES", "_BATCH_RECORD_TABLES", "_BY_NAME", "_SPECS", "_TABLE_DEFS", "_Spec", "_append_only_ddl",
     "_correction_body", "_diagnose", "_genesis", "_insert_sqlite", "_iso", "_now", "_package_version", "_q",
