@@ -214,7 +214,7 @@ def test_markup_and_escape_codes_in_a_name_are_printed_as_text(cmd: str, tmp_pat
         "compare": ["compare", str(other), str(f), "-r", "2", "--no-store"],
         "plan": ["plan", str(f), "--lever", "suites", "--min", "2", "--max", "2", "-r", "1",
                  "--require", "patients_infused>=0"],
-        "sweep": ["sweep", str(f), "-r", "1", "--no-store"],
+        "sweep": ["sweep", str(f), "-r", "1", "--no-store", "--kpi", "patients_infused"],  # a narrow table: the name unwrapped
         "validate": ["validate", str(f)],
     }[cmd]
     r = runner.invoke(app, args)
