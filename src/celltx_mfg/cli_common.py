@@ -125,6 +125,25 @@ def open_db(db: str | None, readonly: bool = False) -> Any:
         fail(f"database {display_url(db)}: {e}")
 
 
+def ledger_head_of(engine: Any, db: str | None) -> str | None:
+    """The store's newest ledger head after a writing command (None when nothing is stored): printed as
+    ``"ledger_head"`` so a CI job can keep it and later check it with ``celltx verify --expect-head``."""
+    if engine is None:
+        return None
+    from .store import StoreError, display_url, ledger_head
+
+    try:
+        return ledger_head(engine)
+    except StoreError as e:
+        fail(f"database {display_url(db or '')}: {e}")
+
+
+def head_note(head: str | None) -> None:
+    """The new ledger head on stderr, for the table (non-JSON) output of a writing command."""
+    if head is not None:
+        err.print(f"ledger head {head} (check later: celltx verify --expect-head {head})", markup=False)
+
+
 def fmt_value(v: Any) -> str:
     """A KPI for a table: three decimals below 10, one above, thousands separated, '-' for nothing."""
     if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -37,6 +37,8 @@ from .cli_common import (
     err,
     fmt_value,
     handled,
+    head_note,
+    ledger_head_of,
     load_or_exit,
     open_db,
     progress_bar,
@@ -156,26 +158,30 @@ def sweep(
             result = ex.sweep(cells, replications, jobs=jobs, backend=backend.value, engine=engine,
                               progress=progress, ray_address=ray_address, precision=targets or None,
                               max_replications=max_replications)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json(_sweep_json(result, list(levers), None if no_store else db, targets))
+        _print_json(_sweep_json(result, list(levers), None if no_store else db, targets, head))
         return
     shown = list(dict.fromkeys([*(kpi or DEFAULT_KPIS), *targets]))
     _out().print(_sweep_table(result, list(levers), shown, by_scenario=len(files) > 1 or not levers))
     if targets and not all(m for m in result.precision_met):
         err.print("precision not reached in cells marked (cap): raise --max-replications", markup=False)
     _stored_note(_run_ids(result.runs), db)
+    head_note(head)
 
 
 def _run_ids(runs: list[list[tuple[Any, Any]]]) -> list[Any]:
     return [rid for group in runs for rid, _ in group if rid is not None]
 
 
-def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[str, float]) -> dict[str, Any]:
+def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[str, float],
+                head: str | None) -> dict[str, Any]:
     cells = zip(result.cells, result.summaries, result.precision_met, result.runs, strict=True)
     return {
         "command": "sweep",
         "levers": levers,
         "db": _shown(db),
+        "ledger_head": head,
         "precision": targets,
         "cells": [
             {
@@ -240,15 +246,17 @@ def compare(
         with progress_bar(as_json, "compare") as progress:
             result = ex.compare(scenarios, replications, jobs=jobs, backend=backend.value, engine=engine,
                                 progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json(_compare_json(result, replications, None if no_store else db))
+        _print_json(_compare_json(result, replications, None if no_store else db, head))
         return
     for name in result.names[1:]:
         _out().print(_compare_table(result, name, list(kpi or DEFAULT_KPIS), replications))
     _stored_note(_run_ids(result.runs), db)
+    head_note(head)
 
 
-def _compare_json(result: Any, replications: int, db: str | None) -> dict[str, Any]:
+def _compare_json(result: Any, replications: int, db: str | None, head: str | None) -> dict[str, Any]:
     return {
         "command": "compare",
         "reference": result.names[0],
@@ -256,6 +264,7 @@ def _compare_json(result: Any, replications: int, db: str | None) -> dict[str, A
         "replications": replications,
         "seed": result.seed,
         "db": _shown(db),
+        "ledger_head": head,
         "differences": result.table,
         "summaries": dict(zip(result.names, result.summaries, strict=True)),
         "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs, strict=True)},
@@ -319,22 +328,26 @@ def plan(
             result = ex.plan(sc, text, lever, require, lo=lo, hi=hi, replications=replications, jobs=jobs,
                              backend=backend.value, engine=engine, progress=progress,
                              ray_address=ray_address, source=str(file), base_dir=file.parent)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json(_plan_json(result, sc.name, lo, hi, replications))
+        _print_json(_plan_json(result, sc.name, lo, hi, replications, head))
     else:
         _out().print(_plan_table(result, sc.name, replications))
         if result.value is not None:
             _out().print(f"smallest {result.lever} meeting every requirement: {result.value}", markup=False)
         else:
             err.print(f"no value of {result.lever} in [{lo}, {hi}] meets every requirement", markup=False)
+        head_note(head)
     if result.value is None:
         raise typer.Exit(1)
 
 
-def _plan_json(result: Any, scenario: str, lo: int, hi: int, replications: int) -> dict[str, Any]:
+def _plan_json(result: Any, scenario: str, lo: int, hi: int, replications: int,
+               head: str | None) -> dict[str, Any]:
     return {
         "command": "plan",
         "scenario": scenario,
+        "ledger_head": head,
         "lever": result.lever,
         "path": result.path,
         "requirements": result.requirements,

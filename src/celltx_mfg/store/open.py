@@ -23,8 +23,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from ._common import OPEN_ERRORS, StoreError, _reason, display_url, url_label
+from .guards import install_guards
 from .migrate import check_not_newer, has_our_tables, migrate, read_version, write_version
-from .schema import _ALL_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION, _append_only_ddl, _append_only_ddl_pg
+from .schema import _STORE_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION
 
 _BUSY_TIMEOUT_S = 30
 
@@ -150,13 +151,8 @@ def _create_schema(conn: Connection, where: str, sqlite: bool) -> None:
     check_not_newer(version, where)  # raising rolls back: nothing was written
     if version < SCHEMA_VERSION and (version > 0 or has_our_tables(conn)):
         migrate(conn, version, where)
-    SQLModel.metadata.create_all(conn, tables=_ALL_TABLES)
-    if sqlite:
-        for ddl in _append_only_ddl():
-            conn.exec_driver_sql(ddl)
-    elif postgres:
-        for ddl in _append_only_ddl_pg():
-            conn.exec_driver_sql(ddl.replace("%", "%%"))  # the driver reads % as a placeholder
+    SQLModel.metadata.create_all(conn, tables=_STORE_TABLES)
+    install_guards(conn)  # missing or altered append-only triggers are (re-)created as defined
     write_version(conn, SCHEMA_VERSION)
     conn.commit()
 
