@@ -1,7 +1,9 @@
 """Same seed, same database: a digest of every stored value, recorded before the architecture change.
 
 Wall-clock columns (when a run started, finished, when a scenario was first stored) and the run seal that
-folds them in are left out; everything the model produced, and every per-row digest of the batch log, is in.
+folds them in are left out, and so are the keyed seals (ledger heads, release signatures, key ids: each
+test session has its own key); everything the model produced, and every per-row digest of the batch log,
+is in.
 A change that alters results for the same seed must bump the version, add a CHANGELOG line and record the
 new digest here.
 """
@@ -19,11 +21,13 @@ from celltx_mfg.cli import app
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 WALL_CLOCK = {("scenario", "created"), ("run", "started"), ("run", "finished"), ("run", "digest"),
-              ("correction", "time"), ("correction", "digest")}
+              ("correction", "time"), ("correction", "digest"), ("ledger", "time"), ("ledger", "digest")}
+KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id"),
+         ("release_signature", "signature")}
 
 GOLDEN = {
-    "run": "1d59dc7acab01145850b19fec33aeea13ba5dd7337ebb362cc12fa3d132aa144",
-    "sweep": "7b947ef0be4345774c42fb9ad3d1c2d262a03468fbce55391efd850aa9e9e280",
+    "run": "0946454bad3e843136786fb5cc8a337066e9b47661fa13faeb9b25c3aed243a4",
+    "sweep": "8814b5afae8573a2e0e6085f84b686613ef5eaee1e10a998daaf42905f28add7",
 }
 
 
@@ -36,7 +40,7 @@ def db_digest(path: Path) -> str:
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         for t in tables:
             cols = sorted(r[1] for r in con.execute(f'PRAGMA table_info("{t}")'))
-            keep = [c for c in cols if (t, c) not in WALL_CLOCK]
+            keep = [c for c in cols if (t, c) not in WALL_CLOCK | KEYED]
             h.update(f"{t}:{','.join(keep)}\n".encode())
             sel = ", ".join(f'"{c}"' for c in keep)
             for line in sorted(repr(row) for row in con.execute(f'SELECT {sel} FROM "{t}"')):
