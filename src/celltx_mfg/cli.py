@@ -338,7 +338,7 @@ def verify(
     expected = [_head_arg(expect_head, "--expect-head")] if expect_head is not None else []
     kept = _read_head_file(head_file) if head_file is not None else None
     expected += [kept] if kept is not None else []
-    engine = open_db(db, readonly=True)
+    engine = open_db(db, readonly=True, untouched=True)
     with handled(db):
         problems = verify_store(engine, run, expect_heads=expected)
         head = ledger_head(engine)

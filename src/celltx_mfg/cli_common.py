@@ -112,15 +112,17 @@ def load_or_exit(path: Path) -> tuple[Any, str]:
         fail(e.render())
 
 
-def open_db(db: str | None, readonly: bool = False) -> Any:
+def open_db(db: str | None, readonly: bool = False, untouched: bool = False) -> Any:
     """An open store, None when no database was asked for, or exit 2 naming the database. ``readonly``
-    for commands that only read (verify, kpis, export): they then work on read-only storage."""
+    for commands that only read (kpis, export): they then work on read-only storage. ``untouched``
+    (verify): a database URL is opened read-only too, so a writable open does not repair the
+    append-only triggers before they are checked."""
     if db is None:
         return None
     from .store import StoreError, display_url, open_store
 
     try:
-        return open_store(db, readonly=readonly and "://" not in db)
+        return open_store(db, readonly=readonly and ("://" not in db or untouched))
     except StoreError as e:
         fail(f"database {display_url(db)}: {e}")
 

@@ -34,7 +34,8 @@ def _sqlite_triggers(conn: Connection) -> dict[str, tuple[str, str]]:
 
 def install_guards(conn: Connection) -> None:
     """Create every missing trigger and replace any whose definition differs, in the caller's
-    transaction (SQLite); PostgreSQL re-creates the function and triggers and re-enables disabled ones."""
+    transaction; on PostgreSQL, when anything differs, the function and every trigger are re-created and
+    disabled ones enabled (not on every open: CREATE TRIGGER locks the table against writers)."""
     if conn.dialect.name == "sqlite":
         have = _sqlite_triggers(conn)
         for g in sqlite_guards():
@@ -44,6 +45,8 @@ def install_guards(conn: Connection) -> None:
                 conn.exec_driver_sql(f"DROP TRIGGER {_q(g.name)}")
             conn.exec_driver_sql(g.sql)
     elif conn.dialect.name == "postgresql":
+        if not guard_problems(conn):  # re-creating locks every table: not while other writers run
+            return
         for ddl in _append_only_ddl_pg():
             conn.exec_driver_sql(ddl.replace("%", "%%"))  # the driver reads % as a placeholder
         for name, table, _sql, enabled in _pg_triggers(conn):

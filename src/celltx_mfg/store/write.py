@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ..records import RunRecords
@@ -184,8 +185,16 @@ def _scenario_id(conn: Connection, name: str, text: str, content_hash: str) -> t
     if found is not None:
         return int(found), None
     created = _common._now()
-    res = conn.execute(sa.insert(SCENARIO).values(name=name, text=text, content_hash=content_hash, created=created))
-    sid = int(res.inserted_primary_key[0])  # type: ignore[index]
+    values = {"name": name, "text": text, "content_hash": content_hash, "created": created}
+    if conn.dialect.name == "postgresql":  # another writer may be storing the same new text right now
+        ins = pg_insert(SCENARIO).values(**values).on_conflict_do_nothing(index_elements=["content_hash"])
+        sid_or_none = conn.execute(ins.returning(SCENARIO.c.id)).scalar()
+        if sid_or_none is None:  # it won: its transaction entered the scenario in the ledger
+            return int(conn.execute(sa.select(SCENARIO.c.id).where(SCENARIO.c.content_hash == content_hash))
+                       .scalar_one()), None
+        sid = int(sid_or_none)
+    else:
+        sid = int(conn.execute(sa.insert(SCENARIO).values(**values)).inserted_primary_key[0])  # type: ignore[index]
     return sid, Entry("scenario", sid, scenario_digest(sid, name, content_hash, created))
 
 
