@@ -11,6 +11,8 @@ Each release row is signed by the key of its signer's role (``release.signer_rol
 row, record digest included, stored in ``release_signature``.
 """
 
+import hashlib
+import hmac
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,9 @@ from .hashing import ledger_body, release_signed_bytes
 from .keys import Keyring, key_id, mac
 from .schema import _BY_NAME, LEDGER, RELEASE_SIGNATURE
 
+_SIGNATURE_COLUMNS = ("run_id", "row_seq", "role", "key_id", "signature")
+_SIGNATURE_INSERT = (f"INSERT INTO {RELEASE_SIGNATURE.name} ({', '.join(_SIGNATURE_COLUMNS)}) "
+                     f"VALUES ({', '.join('?' * len(_SIGNATURE_COLUMNS))})")
 GENESIS_HEAD = bytes(32)  # the "previous head" of the first entry
 _PG_LEDGER_LOCK = 4242132  # advisory lock: one ledger append at a time (SQLite's write lock does this)
 _RELEASE = _BY_NAME["release"]
@@ -82,15 +87,30 @@ def release_signature(key: bytes, row_body: bytes) -> bytes:
 
 
 def sign_releases(conn: Connection, ring: Keyring, run_id: int, rows: Sequence[Sequence[Any]]) -> None:
-    """Sign each release row (fields + record digest, as stored) with its signer role's key."""
+    """Sign each release row (fields + record digest, as stored) with its signer role's key. One HMAC
+    state per role is keyed once and copied per row; SQLite gets the rows through the DB-API cursor
+    (a run in which every batch is released signs tens of thousands)."""
+    keyed: dict[str, tuple[str, Any]] = {}
     sigs = []
     for seq, r in enumerate(rows):
         role = str(r[_ROLE_IDX])
-        key = ring.role(role)
-        sigs.append({"run_id": run_id, "row_seq": seq, "role": role, "key_id": key_id(key),
-                     "signature": release_signature(key, _RELEASE.body(r, run_id, seq))})
-    if sigs:
-        conn.execute(sa.insert(RELEASE_SIGNATURE), sigs)
+        if role not in keyed:
+            key = ring.role(role)
+            keyed[role] = (key_id(key), hmac.new(key, release_signed_bytes(b""), hashlib.sha256))
+        kid, base = keyed[role]
+        h = base.copy()
+        h.update(_RELEASE.body(r, run_id, seq))
+        sigs.append((run_id, seq, role, kid, h.digest()))
+    if not sigs:
+        return
+    if conn.dialect.name == "sqlite":
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(_SIGNATURE_INSERT, sigs)
+        finally:
+            cur.close()
+    else:
+        conn.execute(sa.insert(RELEASE_SIGNATURE), [dict(zip(_SIGNATURE_COLUMNS, s, strict=True)) for s in sigs])
 
 
 @dataclass(frozen=True)
