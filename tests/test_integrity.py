@@ -1,8 +1,12 @@
 """Integrity of the batch log as the CLI leaves it (GitHub issue 5), beyond tests/test_store.py: the
 append-only triggers on a `celltx run` database, `celltx verify` naming run, table and row for each kind
 of tampering in each batch-record table, release signatures that catch a record change even when the
-hash chain is recomputed around it, corrections seen through `celltx export --batch`, and two ways
-around the guarantees (pinned as known bugs).
+hash chain is recomputed around it, corrections seen through `celltx export --batch`; and (GitHub
+issue 10) forgery and loss by an insider who recomputes every sha256 digest with the package's own
+functions: re-sealed runs, deleted newest runs, everything deleted, reused and renumbered ids, deleted
+scenarios and corrections, dropped and no-op triggers, forged huge ids, and a store sealed by another
+installation's key. Only the keyed seals (store/keys.py, store/seals.py) and a ledger head kept outside
+the store (`verify --expect-head`, `--head-file`) catch those.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def _parse(path: Path, text: str) -> Keyring:
         raise StoreError(f"key file {path} is not a celltx key file (not JSON: {e})") from e
     if not isinstance(data, dict) or data.get("celltx_keys") != FORMAT:
         raise StoreError(f"key file {path} is not a celltx key file (no \"celltx_keys\": {FORMAT})")
-    roles = data.get("roles") or {}
+    roles = data.get("roles", {})
     if not isinstance(roles, dict):
         raise StoreError(f"key file {path}: roles must be a mapping of role name to hex key")
     return Keyring(path, _hex_key(path, "seal", data.get("seal")),
