@@ -24,6 +24,7 @@ from sqlmodel import SQLModel
 
 from ._common import OPEN_ERRORS, StoreError, _reason, display_url, url_label
 from .guards import install_guards
+from .keys import signing_keys
 from .migrate import check_not_newer, has_our_tables, migrate, read_version, write_version
 from .schema import _STORE_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION
 
@@ -200,10 +201,12 @@ def _prepare(engine: Engine, target: _Target, readonly: bool) -> None:
 def open_store(db: str = DEFAULT_DB, *, readonly: bool = False) -> Engine:
     """Open (creating if needed) a store at a file path or SQLAlchemy URL (anything with '://').
 
-    ``readonly`` opens an existing SQLite file without writing to it (dashboards).
+    ``readonly`` opens an existing SQLite file without writing to it (dashboards). A writable open
+    loads the key file (creating it on first use: store/keys.py) before it touches anything.
     """
     target = _locate(db, readonly)
     if not readonly:
+        signing_keys()  # a writer seals: a key file problem is found now, not after a long simulation
         _precheck_version(target)
         _make_directory(target)
     engine = _create_engine(target, readonly)
