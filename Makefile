@@ -75,7 +75,8 @@ lint: $(DEV)
 # The reliability report lists every bad-input, fault and tampering case with its outcome, slow ones included.
 docs: $(DEV)
 	CELLTX_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md $(BIN)/python -m pytest -q -m "slow or not slow" \
-	  tests/test_fuzz_scenarios.py tests/test_faults.py tests/test_integrity.py
+	  tests/test_fuzz_scenarios.py tests/test_faults.py tests/test_integrity.py \
+	  tests/test_foreign_stores.py tests/test_input_limits.py
 	$(BIN)/python scripts/validation_report.py
 	$(BIN)/python scripts/data_dictionary.py
 

@@ -39,10 +39,20 @@ c.tile(row2[0], "Vein-to-vein p50 (days)", k, "vein_to_vein_days.p50",
        help="Median days from first apheresis to infusion.")
 c.tile(row2[1], "Vein-to-vein p90 (days)", k, "vein_to_vein_days.p90",
        help="90th percentile days from first apheresis to infusion.")
-c.tile(row2[2], "Manufacturing days (mean)", k, "manufacturing_days.mean",
+c.tile(row2[2], "Referral to infusion p50 (days)", k, "referral_to_infusion_days.p50",
+       help="Median days from referral to infusion: the turnaround the patient feels, the wait for a slot "
+            "included (vein-to-vein starts at apheresis and cannot see it).")
+c.tile(row2[3], "Referral to infusion p90 (days)", k, "referral_to_infusion_days.p90",
+       help="90th percentile days from referral to infusion.")
+row3 = st.columns(4)
+c.tile(row3[0], "Manufacturing days (mean)", k, "manufacturing_days.mean",
        help="Mean days from the first processing step to cryopreservation.")
-c.tile(row2[3], "Patients still in progress", k, "patients_in_progress",
+c.tile(row3[1], "Patients still in progress", k, "patients_in_progress",
        help="Referred in the window, neither infused nor lost at the horizon (censored).")
+c.tile(row3[2], "Work in progress (mean patients)", k, "wip_mean.in_system",
+       help="Patients in the system on average over the KPI window, integrated exactly over time.")
+c.tile(row3[3], "Labour share of cost", k, "labour_cost_share", percent=True,
+       help="Labour (staff paid for their shifts) as a share of the run's total cost.")
 
 st.subheader("Infusions over time")
 period = st.radio("Period", ["week", "month"], horizontal=True, key="overview_period")
@@ -73,7 +83,11 @@ fig.update_layout(height=360, margin=dict(t=30, b=10),
                   yaxis_title="patients" + (" (mean of runs)" if sel.n > 1 else ""),
                   legend=dict(orientation="h", y=-0.15))
 st.plotly_chart(fig, key="wip_chart")
-st.caption("Waiting for a slot counts referred patients before their first apheresis and between attempts.")
+st.caption("Waiting for a slot counts referred patients before their first apheresis and between attempts. "
+           "The chart samples each day at midnight; the averages below integrate over time exactly.")
+wip_means = {stage: c.kpi_value(k, f"wip_mean.{stage}")[0] for stage in stages}
+st.dataframe([{"stage": stage.replace("_", " "), "mean patients (KPI window)": v} for stage, v in wip_means.items()],
+             hide_index=True)
 
 with st.expander("All KPIs of the selection"):
     table = c.compare_table({sel.scenario: k}, [p for p, _ in c.flatten(k)])

@@ -3,6 +3,10 @@
 Every number a page shows comes from :mod:`celltx_mfg.analysis` (through :func:`analysed` or
 :func:`kpi_summary`); this module only loads, caches, selects and formats.
 
+A database the dashboard cannot read (damaged, another application's, written by a newer celltx-mfg) gives
+every page the same friendly page naming the problem and what to do, never a stack trace: the loaders
+below are the pages' only way to the store, and each turns a ``StoreError`` into that page.
+
 The database is the ``CELLTX_DB`` environment variable (set by ``celltx dashboard --db PATH``), else
 ``--db PATH`` after the script (``streamlit run dashboards/Overview.py -- --db PATH``), else
 ``celltx.db``. Cached results are keyed on the database, the run ids and the database files'
@@ -13,13 +17,14 @@ interaction without a stale cache.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import pandas as pd
 import streamlit as st
@@ -110,45 +115,76 @@ def write_engine(db: str) -> Any:
     return store.open_store(db)
 
 
+def stop_unreadable(db: str, error: Exception) -> NoReturn:
+    """The page for a database that cannot be read: what is wrong with it and what to do, then stop."""
+    shown = store.display_url(db)
+    st.title("celltx-mfg dashboard")
+    st.error(f"The database `{shown}` cannot be read: {error}")
+    st.markdown("If the file is damaged, check it and restore it from a backup; if it is another application's "
+                "database, or was written by a newer celltx-mfg, start the dashboard on a celltx store:")
+    st.code(f"celltx verify --db {shown}\ncelltx dashboard --db OTHER.db", language="bash")
+    st.stop()
+
+
+T = TypeVar("T")
+
+
+def guarded(load: Callable[..., T]) -> Callable[..., T]:
+    """``load`` as pages call it: a ``StoreError`` shows :func:`stop_unreadable` instead of a stack trace."""
+    @functools.wraps(load)
+    def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return load(*args, **kwargs)
+        except store.StoreError as e:
+            stop_unreadable(db_path(), e)
+
+    return call
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
-def runs_table(db: str, version: tuple) -> pd.DataFrame:
+def _runs_table(db: str, version: tuple) -> pd.DataFrame:
     return store.list_runs(read_engine(db))
 
 
 @st.cache_data(show_spinner="Loading runs from the database…", max_entries=6)
-def frames(db: str, run_ids: tuple[int, ...], version: tuple) -> dict[str, pd.DataFrame]:
+def _frames(db: str, run_ids: tuple[int, ...], version: tuple) -> dict[str, pd.DataFrame]:
     """The record tables of just these runs (``run_id`` column); nothing else is read."""
     return store.load_frames(read_engine(db), list(run_ids))
 
 
 @st.cache_data(show_spinner="Loading runs from the database…", max_entries=12)
-def kpi_frames(db: str, run_ids: tuple[int, ...], version: tuple) -> dict[str, pd.DataFrame]:
+def _kpi_frames(db: str, run_ids: tuple[int, ...], version: tuple) -> dict[str, pd.DataFrame]:
     """Only the tables ``analysis.kpis`` reads: comparing many runs need not load every step and test."""
     return store.load_frames(read_engine(db), list(run_ids), tables=analysis.KPI_TABLES)
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def run_meta(db: str, run_id: int, version: tuple) -> dict[str, Any]:
+def _run_meta(db: str, run_id: int, version: tuple) -> dict[str, Any]:
     return store.load_run_meta(read_engine(db), int(run_id))
+
+
+runs_table, frames, kpi_frames, run_meta = (guarded(f) for f in (_runs_table, _frames, _kpi_frames, _run_meta))
 
 
 # analysis functions that read only the KPI tables: computed without loading steps, tests and shipments
 _KPI_TABLES_ENOUGH = {"turnaround_breakdown"}
 
 
+@guarded
 @st.cache_data(show_spinner=False, max_entries=256)
 def analysed(fn: str, db: str, run_ids: tuple[int, ...], version: tuple, **kwargs: Any) -> Any:
     """``analysis.<fn>(frames of run_ids, **kwargs)``, cached per database state, runs and arguments."""
-    load = kpi_frames if fn in _KPI_TABLES_ENOUGH else frames
+    load = _kpi_frames if fn in _KPI_TABLES_ENOUGH else _frames
     return getattr(analysis, fn)(load(db, run_ids, version), **kwargs)
 
 
+@guarded
 @st.cache_data(show_spinner=False, max_entries=256)
 def kpi_summary(db: str, run_ids: tuple[int, ...], version: tuple, target_days: float) -> dict[str, Any]:
     """KPIs of the runs: ``analysis.kpis`` of one run, ``analysis.summarise`` of several (with ci95)."""
-    meta = run_meta(db, run_ids[0], version)
-    f = kpi_frames(db, run_ids, version)
-    costs = {rid: run_meta(db, rid, version).get("costs") for rid in run_ids}
+    meta = _run_meta(db, run_ids[0], version)
+    f = _kpi_frames(db, run_ids, version)
+    costs = {rid: _run_meta(db, rid, version).get("costs") for rid in run_ids}
     per_run = analysis.kpis_by_run(f, meta["horizon"], meta["warmup"], costs, target_days=target_days)
     values = list(per_run.values())
     if len(values) == 1:
@@ -156,10 +192,11 @@ def kpi_summary(db: str, run_ids: tuple[int, ...], version: tuple, target_days: 
     return analysis.summarise(values)
 
 
+@guarded
 @st.cache_data(show_spinner=False, max_entries=64)
 def scenario_start(db: str, run_id: int, version: tuple) -> dt.date:
     """Day 0 of a stored run (its scenario's start_date), for date axes."""
-    text = run_meta(db, run_id, version).get("scenario_text") or ""
+    text = _run_meta(db, run_id, version).get("scenario_text") or ""
     try:
         data = yaml.safe_load(text) or {}
         value = data.get("start_date")
@@ -197,10 +234,7 @@ def require_runs() -> tuple[str, pd.DataFrame, tuple]:
     if f is not None and not f.exists():
         _stop_with_setup_help(db, f"No database at `{db}` yet.")
     version = db_version(db)
-    try:
-        runs = runs_table(db, version)
-    except store.StoreError as e:
-        _stop_with_setup_help(db, f"The database `{store.display_url(db)}` cannot be read: {e}")
+    runs = runs_table(db, version)  # a database that cannot be read shows stop_unreadable
     if runs.empty:
         _stop_with_setup_help(db, f"The database `{store.display_url(db)}` holds no runs yet.")
     return db, runs, version
@@ -373,7 +407,8 @@ flatten = analysis.kpi_items  # one walk of the KPI tree, shared with the CLI
 
 COMPARE_PATHS = (
     "throughput_per_year", "patients_referred", "patients_infused", "patients_lost", "patients_in_progress",
-    "vein_to_vein_days.p50", "vein_to_vein_days.p90", "vein_to_vein_days.mean", "on_time_share",
+    "vein_to_vein_days.p50", "vein_to_vein_days.p90", "vein_to_vein_days.mean",
+    "referral_to_infusion_days.p50", "referral_to_infusion_days.p90", "on_time_share",
     "manufacturing_days.mean", "wait_for_slot_days.mean", "wait_for_suite_days.mean",
     "manufacturing_failure_rate", "batches_started", "batches_failed", "cost_per_infused_patient",
     "oos_released", "recalls", "deviations.major", "deviations.critical",

@@ -56,3 +56,26 @@ def baseline_small() -> tuple[Scenario, str]:
     return shrink(SCENARIOS / "baseline.yaml")
 
 from tests.pgserver import pg_server, pg_url  # noqa: E402,F401  (PostgreSQL fixtures)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests must not leave threads or child processes behind: one that outlives the session can keep
+    the interpreter from exiting (a CI run passed every test and then never ended). Fail, naming them."""
+    import multiprocessing
+    import threading
+
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    children = [p.name for p in multiprocessing.active_children()]
+    if threads or children:
+        session.config.get_terminal_writer().line(
+            f"\ntests left behind threads {threads} and child processes {children}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread or child process left behind can keep the interpreter from exiting after the last test
+    (CI then times out with every test passed and no clue). Two minutes after the session, print every
+    thread's stack and exit non-zero instead."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(120, exit=True)

@@ -159,6 +159,45 @@ def test_vein_to_vein_from_first_apheresis(k):
     assert an.kpis(hand_run().frames(), HORIZON, WARMUP, target_days=26)["on_time_share"] == pytest.approx(1 / 3)
 
 
+def test_referral_to_infusion_counts_the_slot_wait(k):
+    r = k["referral_to_infusion_days"]  # P8 28, P1 28, P2 50 (referred 20, infused 70)
+    assert r["mean"] == pytest.approx(106 / 3)
+    assert r["p50"] == pytest.approx(28)
+    assert r["p90"] == pytest.approx(28 + 0.8 * 22)
+    assert r["max"] == pytest.approx(50)
+    assert list(k).index("referral_to_infusion_days") == list(k).index("vein_to_vein_days") + 1
+
+
+def test_wip_mean_is_the_exact_time_average(k, frames):
+    """Hand-integrated over [10, 100): in the system P0 20 + P8 28 + P1 28 + P2 50 + P3 20 + P4 50 + P5 10
+    + P6 2 = 208 patient-days; manufacturing 9 + 10 + 9 + 10 + 8 + 12 + 25 (P4-A2 runs on) = 83; QC and
+    release 6 + 8 + 8 + 6 (P2-A1 until its last event, 50) + 4 + 1 = 33."""
+    w = k["wip_mean"]
+    assert list(w) == ["in_system", *an.WIP_STAGES]
+    assert w["in_system"] == pytest.approx(208 / 90)
+    assert w["manufacturing"] == pytest.approx(83 / 90)
+    assert w["qc_and_release"] == pytest.approx(33 / 90)
+    assert sum(w[s] for s in an.WIP_STAGES) == pytest.approx(w["in_system"])
+    # the snapshots converge on it as they get finer; one a day at midnight does not have to
+    fine = an.wip_over_time(frames, step_days=0.01, horizon=HORIZON)
+    fine = fine[(fine["time"] >= WARMUP) & (fine["time"] < HORIZON)]
+    for stage in an.WIP_STAGES:
+        assert fine[stage].mean() == pytest.approx(w[stage], abs=0.01)
+    table = an.wip_time_average(frames, HORIZON, WARMUP)
+    assert table.iloc[0].to_dict() == pytest.approx(w)
+    with pytest.raises(ValueError, match="greater than warmup"):
+        an.wip_time_average(frames, 10.0, 10.0)
+
+
+def test_labour_hours_paid_and_hands_on(k):
+    # qc_analysts offer 30 available days (720 h paid); hands-on [26, 27) and [28, 31): 4 days
+    assert k["labour_hours"] == {"paid": pytest.approx(720.0), "hands_on": pytest.approx(96.0)}
+    assert k["labour_cost_share"] == 0.0  # costs without labour
+    share = an.kpis(hand_run().frames(), HORIZON, WARMUP, costs={"labour": 300.0, "qc": 100.0})["labour_cost_share"]
+    assert share == pytest.approx(0.75)
+    assert an.kpis(hand_run().frames(), HORIZON, WARMUP)["labour_cost_share"] is None
+
+
 def test_batch_kpis(k):
     assert k["batches_started"] == 6  # P4-A1 was rejected at receipt, never started; P0-A1 not cohort
     assert k["batches_failed"] == 2  # P2-A1 and P4-A1

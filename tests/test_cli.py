@@ -66,6 +66,9 @@ def test_run_json_shape_and_store(small: Path, tmp_path: Path) -> None:
                 "throughput_per_year", "cost_per_infused_patient", "utilisation"):
         assert key in k
     assert set(k["vein_to_vein_days"]) >= {"mean", "p50", "p90", "max"}
+    assert set(k["referral_to_infusion_days"]) == {"mean", "p50", "p90", "max"}
+    assert k["referral_to_infusion_days"]["mean"] >= k["vein_to_vein_days"]["mean"]  # the slot wait too
+    assert set(k["labour_hours"]) == {"paid", "hands_on"} and k["labour_hours"]["paid"] > k["labour_hours"]["hands_on"]
     assert set(k["manufacturing_days"]) >= {"mean", "p50", "p90"}
     assert set(k["wait_for_slot_days"]) >= {"mean", "p90"} and set(k["wait_for_suite_days"]) >= {"mean", "p90"}
     assert k["patients_referred"] == k["patients_infused"] + k["patients_lost"] + k["patients_in_progress"]
@@ -144,6 +147,10 @@ def test_check_gate(small: Path, tmp_path: Path) -> None:
     assert r.output.count("PASS") == 2
     r = runner.invoke(app, ["check", str(small), "--require", "vein_to_vein_days.p90<=1"])
     assert r.exit_code == 1 and "FAIL" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["check", str(small), "--require", "referral_to_infusion_days.p90<=1000",
+                            "--require", "referral_to_infusion_days.p50<=1"])
+    assert r.exit_code == 1 and "PASS  referral_to_infusion_days.p90<=1000" in r.output
+    assert "FAIL  referral_to_infusion_days.p50<=1" in r.output
     _bad(runner.invoke(app, ["check", str(small), "--require", "vein_to_vein_days.p90 about 3"]), "--require")
     _bad(runner.invoke(app, ["check", str(small), "--require", "vein_to_vien_days.p90<=3"]), "vein_to_vein_days")
 

@@ -129,6 +129,7 @@ def test_seed_bounds_accept_edges(small: Path, tmp_path: Path) -> None:
     ["sweep", "{f}", "--vary", "suites=2", "-r", "10001"],
     ["compare", "{f}", "{f}", "-r", "10001"],
     ["plan", "{f}", "--lever", "suites", "--require", "patients_lost>=0", "-r", "10001"],
+    ["bottleneck", "{f}", "-r", "10001"],
 ])
 def test_replications_above_scenario_cap_is_exit_2(small: Path, argv: list[str]) -> None:
     _bad(runner.invoke(app, [a.format(f=small) for a in argv]), "10000")

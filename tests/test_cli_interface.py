@@ -49,7 +49,7 @@ def test_exit_codes_in_the_app_help() -> None:
         assert code in text, code
 
 
-@pytest.mark.parametrize("command", ["run", "check", "sweep", "compare", "plan"])
+@pytest.mark.parametrize("command", ["run", "check", "sweep", "compare", "plan", "bottleneck"])
 def test_backend_choices_are_listed_and_checked(command: str) -> None:
     assert "local|ray" in _help(command)
 

@@ -104,10 +104,18 @@ def test_sweep_compare_plan_json(files: dict[str, Path]) -> None:
                  "19", "-r", "1"])
     unmet = _json(["plan", small, "--lever", "suites", "--require", "patients_lost<0", "--min", "18", "--max",
                    "18", "-r", "1"], code=1)
-    for out, command in ((sweep, "sweep"), (precise, "sweep"), (compare, "compare"), (met, "plan"), (unmet, "plan")):
+    levers = ["--lever", "suites:cost=400000:max=21", "--lever", "sites.*.apheresis_per_day:cost=150000",
+              "--lever", "starts_per_day:max=5"]
+    spent = _json(["plan", small, *levers, "--require", "patients_lost<0", "-r", "2", "--budget", "3"], code=1)
+    plans = (met, unmet, spent)
+    for out, command in ((sweep, "sweep"), (precise, "sweep"), (compare, "compare"), *((p, "plan") for p in plans)):
         assert out["command"] == command
         _valid(out)
-    assert met["met"] is True and unmet["met"] is False and unmet["value"] is None
+    assert met["met"] is True and met["status"] == "met" and met["chosen"]["values"] == {"suites": 18}
+    assert unmet["met"] is False and unmet["status"] == "not_met" and unmet["chosen"] is None
+    assert spent["status"] == "budget_exhausted" and spent["evaluations"] == 3 and not spent["search_complete"]
+    assert spent["levers"][1]["base"] == [1, 1, 1, 1] and spent["levers"][1]["cost_per_unit"] == 150000
+    assert spent["guidance"] == []  # the budget ran out while the first step of each lever was being probed
     assert all(c["precision_met"] is True for c in precise["cells"])
 
 

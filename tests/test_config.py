@@ -125,7 +125,7 @@ def test_referrals_from_csv_days_and_dates(tmp_path: Path) -> None:
     from celltx_mfg.config import scenario_referral_days
 
     d = _base()
-    (tmp_path / "ref.csv").write_text("date,note\n2027-01-04,first\n2027-01-06T12:00:00,second\n")
+    (tmp_path / "ref.csv").write_text("date\n2027-01-04\n2027-01-06T12:00:00\n")
     d["demand"]["referrals_csv"] = "ref.csv"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
     sc, _ = load_scenario(tmp_path / "s.yaml")
@@ -136,3 +136,70 @@ def test_referrals_from_csv_days_and_dates(tmp_path: Path) -> None:
     (tmp_path / "ref.csv").write_text("when\n3\n")
     with pytest.raises(ScenarioError, match="`day` or `date`"):
         load_scenario(tmp_path / "s.yaml")
+
+
+def _write(tmp_path: Path, data: dict, name: str = "s.yaml") -> Path:
+    (tmp_path / name).write_text(yaml.safe_dump(data))
+    return tmp_path / name
+
+
+def test_what_if_changes_a_distribution_family(tmp_path: Path) -> None:
+    """A mapping with another `dist` replaces the base's distribution whole; the same `dist` merges."""
+    (tmp_path / "baseline.yaml").write_text((SCENARIOS / "baseline.yaml").read_text())
+    what_if = {"base": "baseline.yaml", "name": "fixed_clearance",
+               "gmp": {"line_clearance": {"dist": "fixed", "value": 0.05}}}
+    sc, text = load_scenario(_write(tmp_path, what_if, "w.yaml"))
+    assert sc.gmp.line_clearance.dist == "fixed" and sc.gmp.line_clearance.mean() == 0.05
+    assert "low" not in yaml.safe_load(text)["gmp"]["line_clearance"]
+    what_if["gmp"] = {"line_clearance": {"dist": "triangular", "high": 0.1}}  # same family: low, mode kept
+    sc, _ = load_scenario(_write(tmp_path, what_if, "w.yaml"))
+    lc = sc.gmp.line_clearance
+    assert (lc.low, lc.mode, lc.high) == (0.035, 0.05, 0.1)
+
+
+def test_referral_log_names_site_product_urgency(tmp_path: Path) -> None:
+    from celltx_mfg.config import Referral, scenario_referrals
+
+    d = _base()
+    d["demand"]["referrals_csv"] = "ref.csv"
+    (tmp_path / "ref.csv").write_text("day,site,product,urgency\n1,site_east,car_t_lenti,urgent\n2,,,\n")
+    sc, _ = load_scenario(_write(tmp_path, d))
+    assert scenario_referrals(sc) == [Referral(1.0, "site_east", "car_t_lenti", "urgent"), Referral(2.0)]
+    for bad, needle in (("day,site\n1,site_nowhere\n", "unknown site 'site_nowhere'; the scenario's: site_north"),
+                        ("day,urgency\n1,critical\n", "line 2: unknown urgency 'critical'"),
+                        ("day,Site\n1,site_east\n", "unknown column(s) ['Site']; allowed: day, date, site"),
+                        ("day,note\n1,first\n", "unknown column(s) ['note']")):
+        (tmp_path / "ref.csv").write_text(bad)
+        with pytest.raises(ScenarioError) as e:
+            load_scenario(tmp_path / "s.yaml")
+        assert needle in e.value.render() and e.value.problems[0][0] == "demand.referrals_csv"
+
+
+def test_referral_log_columns_reach_the_patients(tmp_path: Path) -> None:
+    """Every patient of a logged referral has the site, product and urgency its row names."""
+    from celltx_mfg.simulate import simulate
+
+    d = _base()
+    d.update(horizon_days=30, warmup_days=0)
+    d["demand"] = {**d["demand"], "per_year": 0, "referrals_csv": "ref.csv", "dropout_per_day": 0.0}
+    rows = [(i * 0.5, ["site_north", "site_east"][i % 2], ["standard", "urgent"][i % 3 == 0]) for i in range(30)]
+    (tmp_path / "ref.csv").write_text("day,site,urgency\n" + "".join(f"{t},{s},{u}\n" for t, s, u in rows))
+    sc, _ = load_scenario(_write(tmp_path, d))
+    rec = simulate(sc)
+    got = [(p.referred, p.site, p.urgency) for p in rec.patients]
+    assert got == [(float(t), s, u) for t, s, u in rows]
+
+
+def test_demand_window(tmp_path: Path) -> None:
+    """No referral outside [first_referral_day, last_referral_day]; inside it, the same arrival times as
+    without a window (drawn arrivals are skipped, not shifted)."""
+    from celltx_mfg.simulate import simulate
+
+    d = _base()
+    d.update(horizon_days=200, warmup_days=0)
+    plain = [p.referred for p in simulate(parse_text(yaml.safe_dump(d))).patients]
+    d["demand"].update(first_referral_day=40, last_referral_day=120.5)
+    windowed = [p.referred for p in simulate(parse_text(yaml.safe_dump(d))).patients]
+    assert windowed == [t for t in plain if 40 <= t <= 120.5] and len(windowed) > 50
+    d["demand"].update(first_referral_day=50, last_referral_day=10)
+    assert ("demand.last_referral_day", "10 is before demand.first_referral_day (50)") in _problems(d)

@@ -106,7 +106,7 @@ def test_check_calendars() -> None:
 def test_check_unique_sites() -> None:
     assert check_unique_sites(BASE) == []
     sc = edit(BASE, sites=[BASE.sites[0], BASE.sites[0]])
-    assert check_unique_sites(sc) == [CrossProblem("sites", "names must be unique: ['site_north', 'site_north']")]
+    assert check_unique_sites(sc) == [CrossProblem("sites", "names must be unique, repeated: ['site_north']")]
 
 
 def test_check_product_mix() -> None:

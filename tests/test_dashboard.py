@@ -19,7 +19,11 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from celltx_mfg import analysis as an
+from celltx_mfg import bottleneck as bn
 from celltx_mfg import store
+from celltx_mfg.config import parse_text
+from celltx_mfg.experiments.bottleneck import bottleneck
+from celltx_mfg.model.capacity import effective_capacity
 from celltx_mfg.simulate import simulate
 
 from .conftest import SCENARIOS, shrink
@@ -116,6 +120,11 @@ def test_overview_tiles_equal_kpis_of_one_run(monkeypatch, small_db):
     assert number(tile(at, "Vein-to-vein p50").value) == pytest.approx(k["vein_to_vein_days"]["p50"], abs=0.05)
     assert number(tile(at, "Vein-to-vein p90").value) == pytest.approx(k["vein_to_vein_days"]["p90"], abs=0.05)
     assert number(tile(at, "Manufacturing days").value) == pytest.approx(k["manufacturing_days"]["mean"], abs=0.05)
+    r2i = k["referral_to_infusion_days"]
+    assert number(tile(at, "Referral to infusion p50").value) == pytest.approx(r2i["p50"], abs=0.05)
+    assert number(tile(at, "Referral to infusion p90").value) == pytest.approx(r2i["p90"], abs=0.05)
+    assert r2i["p50"] > k["vein_to_vein_days"]["p50"]  # the slot wait is in it
+    assert number(tile(at, "Work in progress").value) == pytest.approx(k["wip_mean"]["in_system"], abs=0.05)
     assert tile(at, "Patients infused").delta in (None, "")  # one run: no interval
 
     # the user's target reaches kpis(target_days=...)
@@ -171,6 +180,11 @@ def test_turnaround_page_shows_turnaround_breakdown(monkeypatch, small_db):
     s = an.summarise(list(an.kpis_by_run(frames, metas[ids["baseline"][0]]["horizon"],
                                          metas[ids["baseline"][0]]["warmup"], costs).values()))
     assert number(tile(at, "Vein-to-vein p90").value) == pytest.approx(s["vein_to_vein_days"]["p90"], abs=0.05)
+    assert number(tile(at, "Referral to infusion p90").value) == pytest.approx(
+        s["referral_to_infusion_days"]["p90"], abs=0.05)
+    at.radio(key="turnaround_measure").set_value(at.radio(key="turnaround_measure").options[1]).run()
+    hist = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert sorted(plotted(hist["x"])) == pytest.approx(sorted(tb["referral_to_infusion"].tolist()))
     # the stacked breakdown has one bar per stage, waits first-class
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     names = {tr.get("name") for ch in charts for tr in ch["data"]}
@@ -183,13 +197,36 @@ def test_resources_page_shows_bottleneck_ranking(monkeypatch, small_db):
     at = app(monkeypatch, db, page="pages/2_Resources.py", scenario="baseline")
     frames, metas, _ = expected(db, ids["baseline"])
     meta = metas[ids["baseline"][0]]
-    ranking = an.bottleneck_ranking(frames, meta["horizon"], meta["warmup"])
+    capacity = effective_capacity(parse_text(meta["scenario_text"]))
+    ranking = bn.resource_measures(frames, capacity, meta["horizon"], meta["warmup"])
     shown = at.dataframe[0].value
     assert shown["kind"].tolist() == ranking["kind"].tolist()
+    assert shown["effective_utilisation"].tolist() == pytest.approx(ranking["effective_utilisation"].tolist(),
+                                                                     nan_ok=True)
     assert shown["utilisation"].tolist() == pytest.approx(ranking["utilisation"].tolist(), nan_ok=True)
+    # chairs: against the days the booking rules let them be used (Mon-Wed), not every clinic day
+    aph = shown[shown["kind"] == "apheresis"].iloc[0]
+    assert aph["effective_utilisation"] > aph["utilisation"]
+    top = bn.headline(ranking)
+    assert any(f"Fullest: **{top['kind']}**" in m.value for m in at.markdown)
     # queue chart for another kind
     at.selectbox(key="queue_kind").select("operators").run()
     assert not at.exception
+
+
+@pytest.mark.slow
+def test_resources_page_computes_marginal_values_like_the_cli(monkeypatch, small_db):
+    db, ids = small_db
+    at = app(monkeypatch, db, page="pages/2_Resources.py", scenario="baseline")
+    at.number_input(key="bn_reps").set_value(2).run()
+    at.text_input(key="bn_kpi").input("wait_for_slot_days.mean").run()
+    at.button(key="bn_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    meta = expected(db, ids["baseline"])[1][ids["baseline"][0]]
+    result = bottleneck(parse_text(meta["scenario_text"]), meta["scenario_text"], 2, "wait_for_slot_days.mean")
+    shown = at.dataframe[0].value
+    assert shown["kind"].tolist() == [e.kind for e in result.ranking]
+    assert shown["marginal_value"].tolist() == pytest.approx([e.marginal.mean for e in result.ranking], nan_ok=True)
 
 
 def test_batch_gantt_marks_failed_batches_and_clearances(monkeypatch, small_db):

@@ -270,9 +270,9 @@ def test_plan_finds_the_known_smallest_suite_count(tmp_path: Path, per_day: int,
     assert result.value == answer
     ev = result.evidence.set_index("value")
     assert ev.loc[answer, "status"] == "meets"
-    assert ev.loc[answer - 1, "status"] == "fails"  # the bisection tried the value just below
+    assert ev.loc[answer - 1, "status"] == "fails"  # the value just below was tried and failed
     assert all((ev.index >= answer) == (ev["status"] == "meets"))
-    assert len(ev) <= 9  # galloping + bisection, not a scan of the range
+    assert len(ev) <= 9  # doubling strides, then trimmed back: not a scan of the range
 
 
 def test_plan_reports_no_value_when_range_is_too_small(daily_csv: Path) -> None:
@@ -423,12 +423,14 @@ def test_cli_plan_exit_codes(cli: tuple[typer.Typer, Path, Path], daily_csv: Pat
                                   "--min", "6", "--max", "20", "-r", "1", "--json"])
     assert ok.exit_code == 0, ok.output
     obj = json.loads(ok.stdout)
-    assert obj["value"] == 10 and obj["met"] is True and obj["path"] == "resources.suites"
-    assert {r["value"] for r in obj["evidence"]} >= {9, 10}
+    assert obj["chosen"]["values"] == {"suites": 10} and obj["met"] is True
+    assert obj["levers"][0]["path"] == "resources.suites" and obj["levers"][0]["cost_per_unit"] == 0
+    assert {r["values"]["suites"] for r in obj["candidates"]} >= {9, 10}
     none = CliRunner().invoke(app, ["plan", str(f), "--lever", "suites", "--require", "wait_for_slot_days.mean<=2",
                                     "--min", "7", "--max", "8", "-r", "1"])
     assert none.exit_code == 1
-    assert "no value of suites in [7, 8]" in none.stderr and "fails" in none.stdout  # the evidence table
+    assert "not_met" in none.stderr and "at its bound" in none.stderr
+    assert "fails" in none.stdout and "7..8" in none.stdout  # the evidence table and the lever's range
     bad = CliRunner().invoke(app, ["plan", str(f), "--lever", "suites", "--require", "wait_for_slot_days.mean=<2"])
     assert bad.exit_code == 2 and "--require" in bad.output
 

@@ -26,8 +26,8 @@ KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id
          ("release_signature", "signature")}
 
 GOLDEN = {
-    "run": "0946454bad3e843136786fb5cc8a337066e9b47661fa13faeb9b25c3aed243a4",
-    "sweep": "8814b5afae8573a2e0e6085f84b686613ef5eaee1e10a998daaf42905f28add7",
+    "run": "7c0201b051b68f0606910106c2667108d9d0041e0f50d325862040d5db0f5fba",
+    "sweep": "3975fb77513de1ea35c098df305e3a2d12bac60ecb093ff0bd743064cad37542",
 }
 
 

@@ -464,7 +464,7 @@ def test_path_and_url_accepted_and_readonly_reader(tmp_path: Path) -> None:
 
 def test_store_error_on_directory_and_not_a_database(tmp_path: Path) -> None:
     (tmp_path / "adir").mkdir()
-    with pytest.raises(StoreError, match=f"cannot open store {tmp_path / 'adir'}: unable to open database file"):
+    with pytest.raises(StoreError, match=f"cannot open store {tmp_path / 'adir'}: it is a directory"):
         open_store(str(tmp_path / "adir"))
     junk = tmp_path / "notes.db"
     junk.write_bytes(b"batch record, handwritten\n" * 200)

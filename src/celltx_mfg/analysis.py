@@ -64,6 +64,9 @@ KPI_GROUP_KEYS: dict[str, tuple[str, ...]] = {
 # the record tables `kpis` reads: a reader that only needs KPIs loads just these
 KPI_TABLES = ("patients", "batches", "resource_uses", "resources", "deviations")
 
+# staff pools: paid for their shifts, busy on hands-on tasks (ResourceUse kinds, config.STAFF)
+STAFF_KINDS = ("operators", "qc_analysts", "qa_reviewers")
+
 WIP_STAGES = (
     "waiting_for_slot",
     "apheresis_and_transit",
@@ -222,13 +225,21 @@ def kpis(
       (None when nothing started).
     - ``vein_to_vein_days`` {mean, p50, p90, max} of infused - first_apheresis over infused patients of C
       (from the FIRST apheresis, so re-manufactured patients count their whole ordeal).
+    - ``referral_to_infusion_days`` {mean, p50, p90, max} of infused - referred over the same patients:
+      the turnaround the patient feels, the wait for a slot included.
     - ``on_time_share`` = share of those with vein-to-vein <= ``target_days`` (``on_time_target_days``).
     - ``manufacturing_days`` {mean, p50, p90} of mfg_end - mfg_start over batches of B with both.
     - ``wait_for_slot_days`` {mean, p90} of first_apheresis - referred over patients of C with an
       apheresis.
     - ``wait_for_suite_days`` {mean, p90} of mfg_start - ready over batches of B with both.
     - ``cost_total`` = sum(costs.values()) (None without costs); ``cost_per_infused_patient`` =
-      cost_total / infusions_in_window (None without costs or infusions).
+      cost_total / infusions_in_window (None without costs or infusions); ``labour_cost_share`` =
+      costs["labour"] / cost_total (None without costs).
+    - ``labour_hours`` {paid, hands_on}: paid = 24 x available_unit_days of the staff pools
+      (:data:`STAFF_KINDS`: headcount x on-shift time in W, what the plant pays for); hands_on = 24 x
+      their busy days in W (as in ``utilisation``).
+    - ``wip_mean`` {in_system, <stage>...}: time-averaged work in progress over W (see
+      :func:`wip_time_average`), integrated exactly, every patient whenever referred.
     - ``utilisation`` {kind: busy / available_unit_days} for every kind of ``resources`` with
       available_unit_days > 0, busy = sum over ResourceUse holds of that kind (line clearance included)
       of the days of [start, end) inside W.
@@ -249,11 +260,13 @@ def kpis(
         **_batch_outcomes(batches),
         **_turnaround(cohort, batches, target_days),
         **_cost_kpis(costs, counts["infusions_in_window"]),
+        "labour_hours": _labour_hours(f["resource_uses"], f["resources"], warmup, horizon),
         "utilisation": _utilisation(f["resource_uses"], f["resources"], warmup, horizon),
         "deviations": _deviation_counts(f["deviations"], warmup, horizon),
         "lost_by_stage": _value_counts(lost, "lost_stage"),
         "oos_released": int((_flag(batches, "oos") & np.isfinite(_num(batches, "released"))).sum()),
         "recalls": int(_flag(batches, "recalled").sum()),
+        "wip_mean": _wip_average(f, warmup, horizon),
     }
 
 
@@ -304,14 +317,17 @@ def _batch_outcomes(batches: pd.DataFrame) -> dict[str, Any]:
 
 
 def _turnaround(cohort: pd.DataFrame, batches: pd.DataFrame, target_days: float) -> dict[str, Any]:
-    """Vein-to-vein from the FIRST apheresis (a re-manufactured patient counts the whole ordeal), the
-    on-time share, manufacturing time and the waits for a slot and for a suite."""
+    """Vein-to-vein from the FIRST apheresis (a re-manufactured patient counts the whole ordeal), referral
+    to infusion (the slot wait too), the on-time share, manufacturing time and the waits for a slot and
+    for a suite."""
     infused = cohort["status"].to_numpy(dtype=object) == "infused"
     v2v = (_num(cohort, "infused") - _num(cohort, "first_apheresis"))[infused]
     v2v = v2v[np.isfinite(v2v)]
+    r2i = (_num(cohort, "infused") - _num(cohort, "referred"))[infused]
     mfg_start = _num(batches, "mfg_start")
     return {
         "vein_to_vein_days": _stats(v2v, ("mean", "p50", "p90", "max")),
+        "referral_to_infusion_days": _stats(r2i, ("mean", "p50", "p90", "max")),
         "on_time_target_days": float(target_days),
         "on_time_share": float((v2v <= target_days).mean()) if v2v.size else None,
         "manufacturing_days": _stats(_num(batches, "mfg_end") - mfg_start, ("mean", "p50", "p90")),
@@ -323,7 +339,19 @@ def _turnaround(cohort: pd.DataFrame, batches: pd.DataFrame, target_days: float)
 def _cost_kpis(costs: Mapping[str, float] | None, n_infusions: int) -> dict[str, Any]:
     cost_total = float(sum(costs.values())) if costs else None
     per_infused = cost_total / n_infusions if cost_total is not None and n_infusions else None
-    return {"cost_total": cost_total, "cost_per_infused_patient": per_infused}
+    labour = float(costs.get("labour", 0.0)) if costs else None
+    share = labour / cost_total if labour is not None and cost_total else None
+    return {"cost_total": cost_total, "cost_per_infused_patient": per_infused, "labour_cost_share": share}
+
+
+def _labour_hours(uses: pd.DataFrame, resources: pd.DataFrame, warmup: float, horizon: float) -> dict[str, float]:
+    """Staff hours paid (headcount x on-shift time) and spent hands-on, inside the window."""
+    avail = _available_by_kind(resources)
+    busy = _busy_by_kind(uses, warmup, horizon)
+    return {
+        "paid": 24.0 * sum(avail.get(k, (0.0, 0.0))[1] for k in STAFF_KINDS),
+        "hands_on": 24.0 * sum(busy.get(k, 0.0) for k in STAFF_KINDS),
+    }
 
 
 def _deviation_counts(deviations: pd.DataFrame, warmup: float, horizon: float) -> dict[str, int]:
@@ -713,6 +741,31 @@ def _patient_end(p: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(inf), inf, np.where(np.isfinite(lost), lost, np.inf))
 
 
+Interval = tuple[np.ndarray, np.ndarray]  # [start, end) per row; an end of inf runs past the horizon
+_WIP_BOUNDS = ("apheresis_start", "ready", "mfg_start", "mfg_end", "released", "infused")
+
+
+def _wip_intervals(f: dict[str, pd.DataFrame]) -> tuple[Interval, dict[str, Interval]]:
+    """Where each patient and batch is, as intervals: the patient in the system over [referred, infused
+    or lost), each batch in its stages (see :func:`wip_over_time`). The one definition of the stages that
+    the WIP chart samples and the WIP KPI integrates."""
+    p, b = f["patients"], f["batches"]
+    pend = _patient_end(p)
+    cap = b["coi"].map(dict(zip(p["coi"], pend, strict=True))).to_numpy(dtype=float)
+    cap = np.where(np.isnan(cap), np.inf, cap)
+    is_open = b["status"].isin(OPEN_BATCH_STATUSES).to_numpy()
+    fallback = np.where(is_open, np.inf, _batch_stop(f))
+    B = np.column_stack([_num(b, c) for c in _WIP_BOUNDS]) if len(b) else np.empty((0, len(_WIP_BOUNDS)))
+    # next_known[:, j] = first recorded boundary at or after j, else where the batch stopped
+    next_known = np.empty_like(B)
+    nxt = fallback
+    for j in range(len(_WIP_BOUNDS) - 1, -1, -1):
+        nxt = np.where(np.isfinite(B[:, j]), B[:, j], nxt)
+        next_known[:, j] = nxt
+    stages = {stage: (B[:, i], np.minimum(next_known[:, i + 1], cap)) for i, stage in enumerate(WIP_STAGES[1:])}
+    return (_num(p, "referred"), pend), stages
+
+
 def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = None) -> pd.DataFrame:
     """Patients in each stage at times 0, step, 2*step ... up to the horizon (default: last recorded time).
 
@@ -723,32 +776,18 @@ def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = 
     its open stage at its last recorded event; one still open at the horizon runs on. waiting_for_slot is
     the rest of the patient's time in the system: before the first apheresis and between attempts.
     Columns: time, in_system, then one per stage (their sum is in_system). One row per run and time.
+    These are snapshots for a chart: averages over time come from :func:`wip_time_average`, which
+    integrates the same intervals exactly instead of sampling them.
     """
     if not step_days > 0:
         raise ValueError(f"step_days must be > 0, got {step_days}")
-    bounds = ("apheresis_start", "ready", "mfg_start", "mfg_end", "released", "infused")
 
     def one(f: dict[str, pd.DataFrame]) -> pd.DataFrame:
-        p, b = f["patients"], f["batches"]
         end = horizon if horizon is not None else _end_time(f)
         grid = np.arange(0.0, end + 1e-9, float(step_days))
-        pend = _patient_end(p)
-        in_system = _count_inside(_num(p, "referred"), pend, grid)
-        cap = b["coi"].map(dict(zip(p["coi"], pend, strict=True))).to_numpy(dtype=float)
-        cap = np.where(np.isnan(cap), np.inf, cap)
-        is_open = b["status"].isin(OPEN_BATCH_STATUSES).to_numpy()
-        fallback = np.where(is_open, np.inf, _batch_stop(f))
-        B = np.column_stack([_num(b, c) for c in bounds]) if len(b) else np.empty((0, len(bounds)))
-        # next_known[:, j] = first recorded boundary at or after j, else where the batch stopped
-        next_known = np.empty_like(B)
-        nxt = fallback
-        for j in range(len(bounds) - 1, -1, -1):
-            nxt = np.where(np.isfinite(B[:, j]), B[:, j], nxt)
-            next_known[:, j] = nxt
-        batch_stages = {
-            stage: _count_inside(B[:, i], np.minimum(next_known[:, i + 1], cap), grid)
-            for i, stage in enumerate(WIP_STAGES[1:])
-        }
+        (ref, pend), intervals = _wip_intervals(f)
+        in_system = _count_inside(ref, pend, grid)
+        batch_stages = {stage: _count_inside(s, e, grid) for stage, (s, e) in intervals.items()}
         in_batches = np.sum(list(batch_stages.values()), axis=0) if len(grid) else np.zeros(0, dtype=int)
         return pd.DataFrame(
             {
@@ -760,6 +799,27 @@ def wip_over_time(frames: Frames, step_days: float = 1, horizon: float | None = 
         )
 
     return _per_run(frames, one)
+
+
+def _wip_average(f: dict[str, pd.DataFrame], warmup: float, horizon: float) -> dict[str, float]:
+    """Time-averaged count in the system and in each stage over [warmup, horizon): the days every
+    interval of :func:`_wip_intervals` spends inside the window, summed, over the window's length."""
+    window = horizon - warmup
+    (ref, pend), intervals = _wip_intervals(f)
+    in_system = float(_overlap(ref, pend, warmup, horizon).sum()) / window
+    stages = {stage: float(_overlap(s, e, warmup, horizon).sum()) / window for stage, (s, e) in intervals.items()}
+    return {"in_system": in_system, "waiting_for_slot": in_system - sum(stages.values()), **stages}
+
+
+def wip_time_average(frames: Frames, horizon: float, warmup: float = 0.0) -> pd.DataFrame:
+    """Time-averaged work in progress over [warmup, horizon), exactly: for each stage of
+    :func:`wip_over_time`, L = (1 / (horizon - warmup)) * sum over intervals of their days inside the
+    window (the integral of the step function, not a mean of daily snapshots). Columns in_system,
+    waiting_for_slot (in_system minus the batch stages) and one per batch stage; one row per run. The
+    ``wip_mean`` KPI is this row."""
+    if not horizon > warmup:
+        raise ValueError(f"horizon ({horizon}) must be greater than warmup ({warmup})")
+    return _per_run(frames, lambda f: pd.DataFrame([_wip_average(f, warmup, horizon)]))
 
 
 def turnaround_breakdown(frames: Frames) -> pd.DataFrame:

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# "Fits in the shift" allows for rounding: 1e-12 days, or more far out in time, where neighbouring floats
+# are further apart (at day 36,500, the schema's longest horizon, 7e-12 days). Relative part: about five
+# units in the last place of t; up to day 985 it is the 1e-12 of old, so results there are unchanged.
+_FIT_TOLERANCE = 1e-12
+_FIT_RELATIVE = 1e-15
+
+
+def _fit_tolerance(t: float) -> float:
+    return max(_FIT_TOLERANCE, abs(t) * _FIT_RELATIVE)
 
 
 @dataclass(frozen=True)
@@ -60,14 +69,15 @@ class Calendar:
         if self.always:
             return t
         need = duration if duration < self.longest else self.longest
+        tol = _fit_tolerance(t + 15.0)  # the windows looked at end within fifteen days of t
         ws, we = self._last  # most asks fall in the shift found last time
-        if ws <= t and t + need <= we + 1e-12 and t < we + 1e-12:
+        if ws <= t and t + need <= we + tol and t < we + tol:
             return t
         day = math.floor(t) - 1  # a night shift from yesterday may still be running
         for d in range(day, day + 15):
             for ws, we in self._windows_of_day(d):
                 start = ws if ws > t else t
-                if start + need <= we + 1e-12 and start < we + 1e-12:
+                if start + need <= we + tol and start < we + tol:
                     self._last[0], self._last[1] = ws, we
                     return start
         raise ValueError("calendar has no working window in two weeks")  # validated away in config

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__
@@ -32,6 +31,7 @@ from .cli_common import (
     SEED_OPTION,
     Backend,
     ExportFormat,
+    SafeConsole,
     cap_jobs,
     check_kpi_paths,
     check_requirement_syntax,
@@ -59,7 +59,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+out = SafeConsole(soft_wrap=True)
 
 
 def _print_version(value: bool) -> None:
@@ -206,8 +206,9 @@ def kpis(
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
     engine = open_db(db, readonly=True)
-    ids = _runs_for(engine, run, scenario)
-    result = stored_kpis(engine, ids)
+    with handled(db):
+        ids = _runs_for(engine, run, scenario)
+        result = stored_kpis(engine, ids)
     if as_json:
         print(json.dumps({"command": "kpis", "runs": ids, "kpis": json_numbers(result)}, default=float))
     else:
@@ -230,6 +231,9 @@ def export(
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
     engine = open_db(db, readonly=True)
+    with handled(db):
+        if run and not batch:
+            _runs_for(engine, run, None)  # every run named is stored: exit 2 naming the missing ones
     try:
         if batch:
             target = out_dir if out_dir.suffix == ".csv" else out_dir / f"{batch}.csv"
@@ -329,7 +333,6 @@ def verify(
     triggers; name anything changed, removed or inserted after the fact, or sealed by an unknown key
     (exit 1). Seals are checked with the key file in CELLTX_KEY_FILE (default ~/.config/celltx/keys.json)."""
     from .store import display_url, ledger_head
-    from .store import verify as verify_store
 
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
@@ -338,9 +341,8 @@ def verify(
     expected = [_head_arg(expect_head, "--expect-head")] if expect_head is not None else []
     kept = _read_head_file(head_file) if head_file is not None else None
     expected += [kept] if kept is not None else []
-    engine = open_db(db, readonly=True, untouched=True)
     with handled(db):
-        problems = verify_store(engine, run, expect_heads=expected)
+        problems, engine = _verified(db, run, expected)
         head = ledger_head(engine)
     if problems:
         for p in problems:
@@ -352,6 +354,24 @@ def verify(
     if head_file is not None and head is not None and head != kept:
         _write_head_file(head_file, head)
         out.print(f"head file {head_file} {'updated' if kept else 'created'}", markup=False)
+
+
+def _verified(db: str, run: int | None, heads: Sequence[str]) -> tuple[list[Any], Any]:
+    """verify's findings and the engine they came from, the file checked by integrity_check first; when a
+    stored text turns out not to be UTF-8 (a flipped byte), a second look reads it with replacement
+    characters so the row is named. A URL is opened read-only too (``untouched``): a writable open would
+    repair the append-only triggers before they are checked."""
+    from .store import StoreError, damaged_text
+    from .store import verify as verify_store
+
+    engine = open_db(db, readonly=True, untouched=True, audit=True)
+    try:
+        return verify_store(engine, run, expect_heads=heads), engine
+    except StoreError as e:
+        if not damaged_text(e):
+            raise
+    engine = open_db(db, readonly=True, untouched=True, lenient_text=True)
+    return verify_store(engine, run, expect_heads=heads), engine
 
 
 @app.command()

@@ -16,7 +16,28 @@ from rich.console import Console
 
 from . import DEFAULT_DB as DEFAULT_DB
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def printable(text: str) -> str:
+    """``text`` as it may reach a terminal: every control or other invisible character (an escape code in a
+    scenario, site or file name, a damaged byte in a message) shown as its Python escape, lines kept."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in text)
+
+
+class SafeConsole(Console):
+    """The CLI's console: what it prints is text, never rich markup (a scenario named ``a[/]b`` prints as
+    that), and control characters are shown escaped (:func:`printable`), in tables and titles too: rich
+    renders every string through :meth:`render_str`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Any:
+        return super().render_str(printable(text), **kwargs)
+
+
+err = SafeConsole(stderr=True, soft_wrap=True)
 
 
 class Backend(StrEnum):
@@ -112,17 +133,18 @@ def load_or_exit(path: Path) -> tuple[Any, str]:
         fail(e.render())
 
 
-def open_db(db: str | None, readonly: bool = False, untouched: bool = False) -> Any:
+def open_db(db: str | None, readonly: bool = False, untouched: bool = False, **checks: bool) -> Any:
     """An open store, None when no database was asked for, or exit 2 naming the database. ``readonly``
-    for commands that only read (kpis, export): they then work on read-only storage. ``untouched``
-    (verify): a database URL is opened read-only too, so a writable open does not repair the
-    append-only triggers before they are checked."""
+    for commands that only read (verify, kpis, export): they then work on read-only storage; ``checks``
+    are open_store's ``audit`` and ``lenient_text`` (verify). ``untouched`` (verify): a database URL is
+    opened read-only too, so a writable open does not repair the append-only triggers before they are
+    checked."""
     if db is None:
         return None
     from .store import StoreError, display_url, open_store
 
     try:
-        return open_store(db, readonly=readonly and ("://" not in db or untouched))
+        return open_store(db, readonly=readonly and ("://" not in db or untouched), **checks)
     except StoreError as e:
         fail(f"database {display_url(db)}: {e}")
 
@@ -232,11 +254,11 @@ def progress_bar(quiet: bool, description: str) -> Iterator[Callable[[int, int],
     )
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("replications"),
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("replications"),
         TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err, transient=True,
         auto_refresh=False,  # no refresh thread: a single-threaded parent can fork its workers at once
     ) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(printable(description), total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, refresh=True)

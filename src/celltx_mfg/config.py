@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import hashlib
 import itertools
 import math
+import os
 import reprlib
-from collections.abc import Callable
+import stat
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -26,14 +30,27 @@ from .distributions import Distribution, fixed
 
 DEFAULT_START_DATE = dt.date(2027, 1, 4)  # a Monday: day 0 of every scenario that does not set start_date
 STAFF = ("operators", "qc_analysts", "qa_reviewers")
+# Bounds that keep sums finite: a relative share (of a site, product or urgency class) and a cost (per
+# hour, day, batch or unit) of at most these, summed over anything a scenario file can hold and multiplied
+# by a century of days, stays far below float overflow (1e308 shares summed to inf before).
+MAX_SHARE = 1e9
+MAX_COST = 1e12
 
 Equipment = Literal["suite", "incubator", "closed_device", "freezer"]
 Consequence = Literal["recollect", "discard", "oos"]
 
 
 def _repeated(names: list[str]) -> set[str]:
-    """Names given more than once: sites, steps and QC tests are all referred to by name."""
-    return {n for n in names if names.count(n) > 1}
+    """Names given more than once: sites, steps and QC tests are all referred to by name. One pass over
+    the names: validation stays linear in the size of the file."""
+    return {n for n, k in Counter(names).items() if k > 1}
+
+
+def _some(names: Sequence[str], limit: int = 10) -> str:
+    """At most ``limit`` names for a message, and how many there are: a problem line stays one line when a
+    scenario lists thousands of steps, sites or calendars."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
 class _Model(BaseModel):
@@ -80,7 +97,7 @@ class Site(_Model):
     """A treating centre: collects cells, receives the product, infuses."""
 
     name: str = Field(min_length=1)
-    share: float = Field(default=1.0, gt=0, description="relative share of referrals")
+    share: float = Field(default=1.0, gt=0, le=MAX_SHARE, description="relative share of referrals")
     apheresis_per_day: int = Field(ge=1, le=1_000_000_000, description="apheresis chairs/sessions per working day")
     apheresis_duration: Distribution = Field(
         default_factory=lambda: fixed(0.25), description="collection session length (days)"
@@ -91,6 +108,11 @@ class Site(_Model):
     lymphodepletion: Distribution = Field(
         default_factory=lambda: fixed(4.0), description="lymphodepletion lead before infusion (days)"
     )
+    clinic_readiness: Distribution = Field(
+        default_factory=lambda: fixed(0.0),
+        description="release -> the clinic can start lymphodepletion: bed, chemotherapy and infusion "
+        "scheduling once the release date is known (days)",
+    )
     calendar: str = Field(default="clinic", description="working days of the site's clinic")
 
 
@@ -100,7 +122,13 @@ class Demand(_Model):
         default=None,
         description="multipliers of per_year for months 1, 2, ...; the last value holds afterwards",
     )
-    referrals_csv: str | None = Field(default=None, description="CSV with a `day` column instead")
+    referrals_csv: str | None = Field(
+        default=None,
+        description="CSV with a `day` or `date` column instead, and optionally `site`, `product` and "
+        "`urgency` columns (a blank cell is drawn from the mix)",
+    )
+    first_referral_day: float = Field(default=0.0, ge=0, description="no referral before this day")
+    last_referral_day: float | None = Field(default=None, ge=0, description="no referral after this day")
     product_mix: dict[str, float] = Field(default_factory=dict, description="product -> share")
     urgency_mix: dict[str, float] = Field(
         default_factory=lambda: {"standard": 1.0}, description="urgency class -> share"
@@ -125,11 +153,21 @@ class Demand(_Model):
     @field_validator("product_mix", "urgency_mix")
     @classmethod
     def _mix(cls, v: dict[str, float]) -> dict[str, float]:
-        if any((not math.isfinite(x)) or x < 0 for x in v.values()):
-            raise ValueError("shares must be finite and >= 0")
+        if any((not math.isfinite(x)) or x < 0 or x > MAX_SHARE for x in v.values()):
+            raise ValueError(f"shares must be between 0 and {MAX_SHARE:g}")
         if v and sum(v.values()) <= 0:
             raise ValueError("shares must not all be zero")
         return v
+
+
+class Referral(NamedTuple):
+    """One referral replayed from a CSV log: its day, and the site, product and urgency it names (None:
+    drawn from the scenario's mix like a Poisson referral)."""
+
+    day: float
+    site: str | None = None
+    product: str | None = None
+    urgency: str | None = None
 
 
 class Booking(_Model):
@@ -196,51 +234,66 @@ class Step(_Model):
 class Process(_Model):
     """One product's manufacturing template."""
 
+    _held: dict[str, list[bool]] = PrivateAttr(default_factory=dict)
+
     steps: list[Step] = Field(min_length=1)
-    materials_cost: float = Field(default=0.0, ge=0)
+    materials_cost: float = Field(default=0.0, ge=0, le=MAX_COST)
 
     @model_validator(mode="after")
     def _references(self) -> Process:
         """Steps refer to each other by name (hold_until), so names must be unique and references resolve."""
-        dup = _repeated([s.name for s in self.steps])
+        names = [s.name for s in self.steps]
+        dup = _repeated(names)
         if dup:
-            raise ValueError(f"step names must be unique, repeated: {sorted(dup)}")
+            raise ValueError(f"step names must be unique, repeated: {_some(sorted(dup))}")
+        index = {n: i for i, n in enumerate(names)}
         for i in range(len(self.steps)):
-            _check_step(self.steps, i)
+            _check_step(self, index, i)
         return self
 
+    def held_from_before(self, i: int, res: Equipment) -> bool:
+        """True when an earlier step keeps ``res`` until step i or later (worked out once per resource)."""
+        flags = self._held.get(res)
+        if flags is None:
+            flags = self._held[res] = _held_flags(self.steps, res)
+        return flags[i]
 
-def _check_step(steps: list[Step], i: int) -> None:
+
+def _check_step(proc: Process, index: dict[str, int], i: int) -> None:
     """Raise on the first problem of step i: its holds, its suite when open, its validated duration range."""
-    s = steps[i]
+    s = proc.steps[i]
     for res, until in s.hold_until.items():
-        _check_hold(steps, i, res, until)
-    if s.open and "suite" not in s.uses and not _held_from_before(steps, i, "suite"):
+        _check_hold(proc.steps, index, i, res, until)
+    if s.open and "suite" not in s.uses and not proc.held_from_before(i, "suite"):
         raise ValueError(f"step {s.name!r} is open and must use a suite (grade A BSC in grade B)")
     if s.min_days is not None and s.max_days is not None and s.max_days < s.min_days:
         raise ValueError(f"step {s.name!r}: max_days < min_days")
 
 
-def _check_hold(steps: list[Step], i: int, res: Equipment, until: str) -> None:
+def _check_hold(steps: list[Step], index: dict[str, int], i: int, res: Equipment, until: str) -> None:
     """A resource held past step i is kept until a later step ends, so that step must exist, come later
     and the resource must have been taken by step i."""
-    s, names = steps[i], [x.name for x in steps]
-    if until not in names:
-        raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; steps: {names}")
-    if names.index(until) <= i:
+    s = steps[i]
+    if until not in index:
+        raise ValueError(f"step {s.name!r}: hold_until.{res} names unknown step {until!r}; "
+                         f"steps: {_some(list(index))}")
+    if index[until] <= i:
         raise ValueError(f"step {s.name!r}: hold_until.{res} must name a later step, got {until!r}")
     if res not in s.uses:
         raise ValueError(f"step {s.name!r}: hold_until.{res} but {res!r} is not in uses")
 
 
-def _held_from_before(steps: list[Step], i: int, res: Equipment) -> bool:
-    """True when an earlier step keeps ``res`` until step i or later."""
-    names = [s.name for s in steps]
-    for j in range(i):
-        until = steps[j].hold_until.get(res)
-        if until is not None and names.index(until) >= i:
-            return True
-    return False
+def _held_flags(steps: list[Step], res: Equipment) -> list[bool]:
+    """For every step: does an earlier step keep ``res`` until it or later? One pass, carrying the
+    furthest step any earlier hold reaches (step names are unique by then)."""
+    index = {s.name: i for i, s in enumerate(steps)}
+    flags, reach = [], -1
+    for i, step in enumerate(steps):
+        flags.append(reach >= i)
+        until = step.hold_until.get(res)
+        if until is not None and until in index:
+            reach = max(reach, index[until])
+    return flags
 
 
 class QCTest(_Model):
@@ -254,13 +307,13 @@ class QCTest(_Model):
 
 class QC(_Model):
     tests: list[QCTest] = Field(min_length=1)
-    cost_per_batch: float = Field(default=0.0, ge=0)
+    cost_per_batch: float = Field(default=0.0, ge=0, le=MAX_COST)
 
     @model_validator(mode="after")
     def _unique(self) -> QC:
-        names = [t.name for t in self.tests]
-        if _repeated(names):
-            raise ValueError(f"QC test names must be unique: {names}")
+        dup = _repeated([t.name for t in self.tests])
+        if dup:
+            raise ValueError(f"QC test names must be unique, repeated: {_some(sorted(dup))}")
         return self
 
 
@@ -274,6 +327,11 @@ class Release(_Model):
     qa_review_hours: float = Field(default=8.0, gt=0, description="reviewer hands-on time per batch record")
     qa_review_elapsed: Distribution = Field(
         default_factory=lambda: fixed(1.0), description="elapsed days of QA review / QP release"
+    )
+    qa_review_during_qc: bool = Field(
+        default=False,
+        description="QA reviews the batch record from the end of manufacture, while QC tests incubate; "
+        "the QP still certifies only once the results the release policy needs are in",
     )
 
 
@@ -299,13 +357,18 @@ class GMP(_Model):
 
 
 class Costs(_Model):
-    qc_per_batch: float = Field(default=0.0, ge=0)
-    labour_per_hour: float = Field(default=0.0, ge=0)
-    facility_per_day: float = Field(default=0.0, ge=0)
+    qc_per_batch: float = Field(default=0.0, ge=0, le=MAX_COST)
+    labour_per_hour: float = Field(default=0.0, ge=0, le=MAX_COST)
+    labour_basis: Literal["paid", "hands_on"] = Field(
+        default="paid",
+        description="paid: every operator, QC analyst and QA reviewer is paid for each shift on their "
+        "calendar (headcount x shift hours); hands_on: only the hours they are busy on a task",
+    )
+    facility_per_day: float = Field(default=0.0, ge=0, le=MAX_COST)
 
 
 class Scenario(_Model):
-    _referral_days: list[float] | None = PrivateAttr(default=None)
+    _referrals: list[Referral] | None = PrivateAttr(default=None)
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -362,6 +425,15 @@ def has_demand(sc: Scenario) -> bool:
     return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None
 
 
+def check_demand_window(sc: Scenario) -> list[CrossProblem]:
+    """The demand window runs forward: its last referral day is not before its first."""
+    d = sc.demand
+    if d.last_referral_day is not None and d.last_referral_day < d.first_referral_day:
+        return [CrossProblem("demand.last_referral_day",
+                             f"{d.last_referral_day:g} is before demand.first_referral_day ({d.first_referral_day:g})")]
+    return []
+
+
 def check_warmup(sc: Scenario) -> list[CrossProblem]:
     """The warm-up is cut from the statistics, so it must leave part of the horizon to measure."""
     if sc.warmup_days >= sc.horizon_days:
@@ -379,8 +451,9 @@ def _calendar_references(sc: Scenario) -> list[tuple[str, str]]:
 def check_calendars(sc: Scenario) -> list[CrossProblem]:
     """Staff pools, booking starts and clinics work to calendars that must be defined under `calendars`."""
     cals = set(sc.calendars)
+    defined = _some(sorted(cals))
     return [
-        CrossProblem(where, f"unknown calendar {name!r}; defined: {sorted(cals)}")
+        CrossProblem(where, f"unknown calendar {name!r}; defined: {defined}")
         for where, name in _calendar_references(sc)
         if name not in cals
     ]
@@ -388,14 +461,15 @@ def check_calendars(sc: Scenario) -> list[CrossProblem]:
 
 def check_unique_sites(sc: Scenario) -> list[CrossProblem]:
     """Sites are referred to by name in records and in what-if merges."""
-    names = [s.name for s in sc.sites]
-    return [CrossProblem("sites", f"names must be unique: {names}")] if _repeated(names) else []
+    dup = _repeated([s.name for s in sc.sites])
+    return [CrossProblem("sites", f"names must be unique, repeated: {_some(sorted(dup))}")] if dup else []
 
 
 def check_product_mix(sc: Scenario) -> list[CrossProblem]:
     """Every product a referral may need must have a manufacturing process."""
+    products = _some(sorted(sc.products))
     return [
-        CrossProblem("demand.product_mix", f"unknown product {p!r}; products: {sorted(sc.products)}")
+        CrossProblem("demand.product_mix", f"unknown product {p!r}; products: {products}")
         for p in sc.product_mix
         if p not in sc.products
     ]
@@ -405,10 +479,11 @@ def check_urgency_order(sc: Scenario) -> list[CrossProblem]:
     """Booking by urgency must know where each urgency class ranks."""
     if sc.booking.priority != "urgency":
         return []
+    ranked = set(sc.booking.urgency_order)
     return [
         CrossProblem("demand.urgency_mix", f"class {u!r} missing from booking.urgency_order")
         for u in sc.demand.urgency_mix
-        if u not in sc.booking.urgency_order
+        if u not in ranked
     ]
 
 
@@ -467,7 +542,7 @@ def check_step_room(sc: Scenario, pname: str, proc: Process, i: int) -> list[Cro
     step = proc.steps[i]
     if sc.gmp.closed_steps_share_room or step.open or not step.uses or "suite" in step.uses:
         return []
-    if _held_from_before(proc.steps, i, "suite"):
+    if proc.held_from_before(i, "suite"):
         return []
     return [
         CrossProblem(
@@ -521,10 +596,11 @@ def check_qc_qa_staffed(sc: Scenario) -> list[CrossProblem]:
 def check_conditional_tests(sc: Scenario) -> list[CrossProblem]:
     """Conditional release waits for named QC tests, which must exist."""
     tests = [t.name for t in sc.qc.tests]
+    known, shown = set(tests), _some(tests)
     return [
-        CrossProblem("release.conditional_after", f"unknown test {t!r}; tests: {tests}")
+        CrossProblem("release.conditional_after", f"unknown test {t!r}; tests: {shown}")
         for t in sc.release.conditional_after or []
-        if t not in tests
+        if t not in known
     ]
 
 
@@ -537,6 +613,7 @@ def check_queue_needs_cryopreserved(sc: Scenario) -> list[CrossProblem]:
 
 CROSS_CHECKS: tuple[CrossCheck, ...] = (
     check_warmup,
+    check_demand_window,
     check_calendars,
     check_unique_sites,
     check_product_mix,
@@ -633,7 +710,8 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
-        sc._referral_days = load_referrals(csv_path, source, sc.start_date)
+        _refuse_special(csv_path, source, _REFERRALS)
+        sc._referrals = load_referrals(csv_path, source, sc.start_date, referral_names(sc))
     return sc
 
 
@@ -657,9 +735,23 @@ def _cross_problem(line: str, path: str) -> Problem:
     return (where, what, _MISSING)
 
 
-def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE) -> list[float]:
-    """Referral days from a CSV with a `day` column (days from the start date) or a `date` column (ISO
-    dates or date-times, converted to days from ``start``): a plant's own referral log replayed."""
+REFERRAL_TIME_COLUMNS = ("day", "date")
+REFERRAL_NAME_COLUMNS = ("site", "product", "urgency")
+
+
+def referral_names(sc: Scenario) -> dict[str, list[str]]:
+    """What each name column of a referral log may say: the scenario's sites, products and urgency
+    classes (those of the mix and of the booking order)."""
+    urgencies = list(dict.fromkeys([*sc.demand.urgency_mix, *sc.booking.urgency_order]))
+    return {"site": [x.name for x in sc.sites], "product": list(sc.products), "urgency": urgencies}
+
+
+def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
+                   names: dict[str, list[str]] | None = None) -> list[Referral]:
+    """Referrals from a CSV with a `day` column (days from the start date) or a `date` column (ISO
+    dates or date-times, converted to days from ``start``): a plant's own referral log replayed. `site`,
+    `product` and `urgency` columns, when present, say who each referral is (checked against ``names``);
+    any other column is an error, so a misspelt one is not silently ignored."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -668,11 +760,33 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE)
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
         raise ScenarioError(
-            source, [(_REFERRALS, f"{path} needs a `day` or `date` column, has {sorted(cols)}", _MISSING)]
+            source, [(_REFERRALS, f"{path} needs a `day` or `date` column, has {sorted(map(str, cols))}", _MISSING)]
         )
+    allowed = REFERRAL_TIME_COLUMNS + REFERRAL_NAME_COLUMNS
+    unknown = sorted("<cells beyond the header>" if c is None else str(c) for c in cols if c not in allowed)
+    if unknown:
+        raise ScenarioError(source, [(_REFERRALS, f"{path}: unknown column(s) {unknown}; allowed: "
+                                      f"{', '.join(allowed)}", _MISSING)])
     origin = dt.datetime.combine(start, dt.time())
-    days = [_referral_day(r, cols, origin, source, f"{path} line {i}") for i, r in enumerate(rows, start=2)]
-    return [d for d in days if d is not None]
+    out = []
+    for i, r in enumerate(rows, start=2):
+        at = f"{path} line {i}"
+        day = _referral_day(r, cols, origin, source, at)
+        if day is not None:
+            out.append(Referral(day, *(_referral_name(r, c, names, source, at) for c in REFERRAL_NAME_COLUMNS)))
+    return out
+
+
+def _referral_name(row: dict[str, str], column: str, names: dict[str, list[str]] | None, source: str,
+                   at: str) -> str | None:
+    """The row's site, product or urgency (None when blank or absent), one the scenario knows."""
+    v = (row.get(column) or "").strip()
+    if not v:
+        return None
+    if names is not None and v not in names[column]:
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: unknown {column} {v!r}; the scenario's: "
+                                      f"{', '.join(names[column])}", _MISSING)])
+    return v
 
 
 def _referral_day(row: dict[str, str], cols: set[str], origin: dt.datetime, source: str, at: str) -> float | None:
@@ -697,8 +811,13 @@ def _row_days(row: dict[str, str], cols: set[str], origin: dt.datetime) -> float
     return None
 
 
+def scenario_referrals(sc: Scenario) -> list[Referral] | None:
+    """The referral log the scenario replays, or None when referrals are drawn (Poisson)."""
+    return sc._referrals
+
+
 def scenario_referral_days(sc: Scenario) -> list[float] | None:
-    return sc._referral_days
+    return None if sc._referrals is None else [r.day for r in sc._referrals]
 
 
 def load_scenario(path: str | Path) -> tuple[Scenario, str]:
@@ -738,10 +857,35 @@ def _read_scenario_text(p: Path, src: str) -> str:
         raise _file_problem(src, f"not UTF-8 text (byte {e.start}): save the file as UTF-8") from None
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _special_kind(mode: int) -> str | None:
+    """What a file is when it is a FIFO, device or socket: reading a FIFO waits for a writer for ever and
+    a device such as /dev/zero never ends, so none of them is read as a scenario, base or CSV."""
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def _refuse_special(path: Path, source: str, field: str) -> None:
+    """A FIFO or device named by ``field`` is a problem at that field (before anything opens it)."""
+    try:
+        what = _special_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return  # missing or unreadable: the reader says so
+    if what:
+        raise ScenarioError(source, [(field, f"{path} is {what}, not a regular file", _MISSING)])
+
+
 def _read_capped(path: Path) -> bytes:
     """At most one byte more than MAX_FILE_BYTES: stat() says 0 for pipes and devices, so only reading
-    tells a file is too large."""
-    with open(path, "rb") as f:
+    tells a file is too large. Opened without blocking and checked on the open file: a FIFO or device is
+    refused (an OSError saying what it is), never waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        what = _special_kind(os.fstat(f.fileno()).st_mode)
+        if what:
+            raise OSError(errno.EINVAL, f"it is {what}, not a regular file")
         return f.read(MAX_FILE_BYTES + 1)
 
 
@@ -778,7 +922,10 @@ def _read_base_text(base_path: Path, src: str, base_ref: str) -> str:
 
 def _merge(base: Any, over: Any) -> Any:
     """Mappings merge key by key; lists of named items (sites, steps, tests) merge by ``name``; anything
-    else is replaced."""
+    else is replaced. A distribution given with a different ``dist`` replaces the base's whole (a
+    triangular's low/mode/high mean nothing to a fixed value); with the same ``dist`` it merges."""
+    if _new_family(base, over):
+        return over
     if isinstance(base, dict) and isinstance(over, dict):
         merged = dict(base)
         for k, v in over.items():
@@ -787,6 +934,11 @@ def _merge(base: Any, over: Any) -> Any:
     if isinstance(base, list) and isinstance(over, list) and _all_named(base + over):
         return _merge_named(base, over)
     return over
+
+
+def _new_family(base: Any, over: Any) -> bool:
+    """True when ``over`` is a distribution of another family than ``base``."""
+    return isinstance(base, dict) and isinstance(over, dict) and "dist" in over and over["dist"] != base.get("dist")
 
 
 def _all_named(items: list[Any]) -> bool:

@@ -8,7 +8,9 @@ Module map:
 * :mod:`.backends` - where replications run (inline, a local process pool, Ray), behind one protocol;
 * :mod:`.scheduling` - :class:`Session`: one writer storing runs in replication order, whatever ``jobs``;
 * :mod:`.designs` - :func:`replicate_scenario` / :func:`run_replications`, :func:`sweep`,
-  :func:`compare`, :func:`plan` and their results.
+  :func:`compare`, :func:`plan` (one lever) and their results;
+* :mod:`.capacity` - :func:`capacity_plan`: the cheapest combination of several costed levers meeting
+  every requirement, guided by marginal value (:data:`Guide`, :func:`step_marginal_values`).
 
 Statistics (t-intervals, paired differences) and the KPI tree live in :mod:`celltx_mfg.analysis`.
 No printing here: callers pass a ``progress`` callback.
@@ -26,12 +28,26 @@ from .backends import (
     open_backend,
     replicate,
 )
+from .capacity import (
+    DEFAULT_BUDGET,
+    Candidate,
+    CapacityPlan,
+    CapacitySearch,
+    Guide,
+    Lever,
+    LeverSpec,
+    MarginalValue,
+    Phase,
+    PlanOutcome,
+    PlanStatus,
+    capacity_plan,
+    step_marginal_values,
+)
 from .designs import (
     DEFAULT_MAX_REPLICATIONS,
     Cell,
     CompareResult,
     PlanResult,
-    PlanStatus,
     ReplicationResult,
     SweepResult,
     compare,
@@ -51,9 +67,19 @@ from .targets import check_kpi_path, check_precision, flatten_kpis, half_widths,
 Backend = BackendName  # the name this Literal had before backends became a protocol
 
 __all__ = [
+    "DEFAULT_BUDGET",
     "DEFAULT_MAX_REPLICATIONS",
     "LEVERS",
     "Backend",
+    "Candidate",
+    "CapacityPlan",
+    "CapacitySearch",
+    "Guide",
+    "Lever",
+    "LeverSpec",
+    "MarginalValue",
+    "Phase",
+    "PlanOutcome",
     "Execution",
     "BackendName",
     "Cell",
@@ -72,6 +98,7 @@ __all__ = [
     "Session",
     "SweepResult",
     "apply_overrides",
+    "capacity_plan",
     "check_kpi_path",
     "check_precision",
     "coerce_value",
@@ -92,5 +119,6 @@ __all__ = [
     "resolve_lever",
     "run_replications",
     "set_path",
+    "step_marginal_values",
     "sweep",
 ]

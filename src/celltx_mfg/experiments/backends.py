@@ -10,17 +10,16 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import queue
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
-from concurrent.futures import wait as futures_wait
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from multiprocessing import connection as mp_connection
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from .. import analysis
 from ..config import Scenario
@@ -115,9 +114,8 @@ def _watch_parent(owner: int, ppid: int) -> None:
             os._exit(1)
 
 
-def _worker_start(pids: Any, owner: int | None = None) -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and keeps what finished; each tells the
-    parent its process id so an aborted pool can be stopped without waiting for running replications.
+def _worker_start(owner: int | None = None) -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and keeps what finished.
 
     A worker must not outlive the process that owns the pool (``owner``), even one killed by SIGKILL:
     on Linux the kernel sends it SIGTERM when its parent dies, and everywhere a daemon thread (started
@@ -131,7 +129,6 @@ def _worker_start(pids: Any, owner: int | None = None) -> None:
             os._exit(1)
         threading.Thread(target=_watch_parent, args=(owner, ppid), name="celltx-parent-watch",
                          daemon=True).start()
-    pids.put(os.getpid())
 
 
 # ------------------------------------------------------------------------------------------- inline
@@ -206,15 +203,69 @@ def _sigterm_as_sigint(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
+class WorkerCrashed(ExperimentError):
+    """A worker process died (killed, out of memory) before it sent back its replication."""
+
+
+def _worker_main(conn: Connection, owner: int) -> None:
+    """A worker's life: take a replication, send back its outcome (or the exception it raised), until
+    the parent says stop or goes away. One pipe of its own, read only by the parent: a worker stopped
+    half-way through sending leaves nothing shared in a broken state."""
+    _worker_start(owner)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, replicate(*task))
+        except Exception as e:  # the parent raises it where the scheduler asks for the result
+            reply = (False, _portable(e))
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
+        except Exception as e:  # an unpicklable result
+            conn.send((False, _portable(e)))
+
+
+def _portable(e: Exception) -> Exception:
+    """The exception itself when it survives pickling, else its text with the worker's traceback."""
+    import pickle
+    import traceback
+
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return ExperimentError("".join(traceback.format_exception(e)).strip())
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: Any
+    conn: Connection
+    task: int | None = None  # the handle it is running
+
+
 class LocalPoolBackend:
-    """A local process pool of ``jobs`` workers whose process ids it keeps, to stop them on Ctrl-C."""
+    """``jobs`` worker processes, each with a pipe of its own, driven from the caller's thread.
+
+    No executor threads and no queues shared between workers: a pool stopped half-way (Ctrl-C, a
+    worker killed) has nothing left that the interpreter must join at exit, which a shared result queue
+    with a half-written message would block for ever. Workers start when the first replication is
+    submitted and are daemons, so the parent's exit always ends them."""
 
     def __init__(self, jobs: int) -> None:
-        ctx = _start_context()
-        self._pids = ctx.SimpleQueue()
-        self._pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_worker_start, initargs=(self._pids, os.getpid())
-        )
+        self._ctx = _start_context()
+        self._jobs = jobs
+        self._workers: list[_Worker] = []
+        self._queued: dict[int, tuple[Any, ...]] = {}  # handle -> task, in submission order
+        self._done: dict[int, tuple[bool, Any]] = {}
+        self._cancelled: set[int] = set()
+        self._next = 0
         self._sigterm_previous: Any = None
         self._sigterm_installed = False
         if threading.current_thread() is threading.main_thread():
@@ -222,48 +273,104 @@ class LocalPoolBackend:
                 self._sigterm_previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
                 self._sigterm_installed = True
 
-    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Future[Outcome]:
-        with _main_script_hidden():  # workers may be started here
-            return self._pool.submit(replicate, scenario, replication, seed, keep_records)
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> int:
+        self._next += 1
+        self._queued[self._next] = (scenario, replication, seed, keep_records)
+        self._dispatch()
+        return self._next
+
+    def _dispatch(self) -> None:
+        """Hand queued replications to idle workers, starting workers up to ``jobs``."""
+        while self._queued:
+            idle = next((w for w in self._workers if w.task is None), None)
+            if idle is None:
+                if len(self._workers) >= self._jobs:
+                    return
+                idle = self._start_worker()
+            handle = next(iter(self._queued))
+            task = self._queued.pop(handle)
+            idle.conn.send(task)
+            idle.task = handle
+
+    def _start_worker(self) -> _Worker:
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_worker_main, args=(theirs, os.getpid()), daemon=True,
+                                    name=f"celltx-worker-{len(self._workers) + 1}")
+        with _main_script_hidden():
+            process.start()
+        theirs.close()  # the worker's end lives in the worker: its death is an end of file here
+        worker = _Worker(process, ours)
+        self._workers.append(worker)
+        return worker
 
     def wait(self, handles: set[Any]) -> list[Any]:
-        done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)
-        return list(done)
+        while not any(h in self._done for h in handles):
+            busy = [w for w in self._workers if w.task is not None]
+            if not busy:
+                raise ExperimentError("internal: waiting for replications that no worker is running")
+            ready = mp_connection.wait([w.conn for w in busy])
+            for w in busy:
+                if w.conn in ready:
+                    self._receive(w)
+            self._dispatch()
+        return [h for h in handles if h in self._done]
+
+    def _receive(self, w: _Worker) -> None:
+        handle, w.task = w.task, None
+        assert handle is not None
+        try:
+            reply = w.conn.recv()
+        except (EOFError, OSError):
+            self._retire(w)
+            code = w.process.exitcode
+            reply = (False, WorkerCrashed(f"a worker process died while running a replication (exit code {code})"))
+        if handle in self._cancelled:
+            self._cancelled.discard(handle)
+        else:
+            self._done[handle] = reply
+
+    def _retire(self, w: _Worker) -> None:
+        w.conn.close()
+        w.process.join(_STOP_TIMEOUT_S)
+        self._workers.remove(w)
 
     def result(self, handle: Any) -> Outcome:
-        return handle.result()
+        ok, value = self._done.pop(handle)
+        if not ok:
+            raise value
+        return cast(Outcome, value)
 
     def cancel(self, handle: Any) -> None:
-        handle.cancel()
+        """Queued: dropped. Running: its outcome is thrown away when it arrives."""
+        if self._queued.pop(handle, None) is None and self._done.pop(handle, None) is None:
+            if any(w.task == handle for w in self._workers):
+                self._cancelled.add(handle)
 
     def close(self, abort: bool = False) -> None:
-        if not abort:
-            self._pool.shutdown(wait=True)
-        else:  # Ctrl-C: queued work is dropped and running replications are stopped, not waited for
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._stop_workers()
-        self._pids.close()
+        """Idle workers are told to stop; busy ones (an abort, or replications nobody wants any more)
+        are stopped with SIGTERM, then SIGKILL if they do not go within a few seconds."""
+        self._queued.clear()
+        for w in self._workers:
+            if w.task is None and not abort:
+                with contextlib.suppress(OSError, ValueError):
+                    w.conn.send(None)
+            else:
+                with contextlib.suppress(OSError, ValueError):
+                    w.process.terminate()
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        for w in self._workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(_STOP_TIMEOUT_S)
+            w.conn.close()
+        self._workers.clear()
+        self._done.clear()
+        self._cancelled.clear()
         if self._sigterm_installed:
             self._sigterm_installed = False
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signal.SIGTERM, self._sigterm_previous)
-
-    def _stop_workers(self) -> None:
-        pids = self._worker_pids()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_TIMEOUT_S
-        # active_children() reaps the children that have exited; wait until ours are among them
-        while time.monotonic() < deadline and any(p.pid in pids for p in mp.active_children()):
-            time.sleep(0.01)
-
-    def _worker_pids(self) -> set[int]:
-        pids = set()
-        with contextlib.suppress(queue.Empty, OSError):
-            while not self._pids.empty():
-                pids.add(self._pids.get())
-        return pids
 
 
 # ---------------------------------------------------------------------------------------------- Ray

@@ -14,7 +14,6 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -22,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from .. import analysis
-from ..config import Scenario, ScenarioError
+from ..config import Scenario
+from .capacity import DEFAULT_BUDGET, CapacityPlan, LeverSpec, Number, capacity_plan
 from .errors import ExperimentError, ExperimentInterrupted
 from .levers import apply_overrides, coerce_value, resolve_lever
 from .scheduling import Execution, ReplicationGroup, Session, make_group
@@ -271,105 +271,21 @@ def compare(
 
 
 # --------------------------------------------------------------------------------------------- plan
-class PlanStatus(StrEnum):
-    """What one lever value tried in a capacity plan came to."""
-
-    MEETS = "meets"
-    FAILS = "fails"
-    INVALID = "invalid"  # the scenario rules reject the value
-
-
 @dataclass
 class PlanResult:
-    """The smallest lever value meeting every requirement (None if none in range) and the evidence:
-    every value tried, its replication means and whether each requirement held."""
+    """One lever's capacity plan (:func:`plan`): the smallest value meeting every requirement that the
+    search found (None if none it tried did) and the evidence, one row per value tried (``value``,
+    ``status``, requirement means); ``search`` is the whole :class:`CapacityPlan`."""
 
     lever: str
     path: str
     requirements: list[str]
-    value: int | None
+    value: Number | None
     evidence: pd.DataFrame
-    summaries: dict[int, dict[str, Any]]
+    summaries: dict[Number, dict[str, Any]]
     lo: int
     hi: int
-
-
-class _Planner:
-    """The state of one capacity search: the values tried so far, on one session."""
-
-    def __init__(self, scenario: Scenario, text: str, lever: str, requirements: Sequence[str], replications: int,
-                 source: str, base_dir: Path | None) -> None:
-        self.scenario, self.text, self.lever = scenario, text, lever
-        self.requirements = list(requirements)
-        self.replications = replications
-        self.source, self.base_dir = source, base_dir
-        self.tried: dict[int, dict[str, Any]] = {}
-        self.summaries: dict[int, dict[str, Any]] = {}
-
-    def evaluate(self, session: Session, value: int) -> bool:
-        """Run ``replications`` at this lever value; True when the means meet every requirement."""
-        row: dict[str, Any] = {"value": value}
-        try:
-            sc, t = apply_overrides(self.text, {self.lever: value}, source=self.source, base_dir=self.base_dir)
-        except ScenarioError as e:
-            row.update(status=PlanStatus.INVALID, replications=0, note="; ".join(f"{p}: {m}" for p, m, _ in e.problems))
-            self.tried[value] = row
-            return False
-        g = make_group(sc, t, self.replications, sc.name, self.scenario.seed, None, self.replications)
-        session.run([g])
-        summary = analysis.summarise([k for _, k in g.results])
-        self.summaries[value] = summary
-        try:
-            checks = analysis.check_requirements(summary, self.requirements)
-        except ValueError as e:  # a member of an open group this plant never produced
-            raise ExperimentError(str(e)) from None
-        ok = all(c.ok for c in checks)
-        row.update(status=PlanStatus.MEETS if ok else PlanStatus.FAILS, replications=len(g.results), note="")
-        for c in checks:
-            row[c.requirement] = c.actual
-            row[f"{c.requirement} ci95"] = analysis.value_or_none(summary.get("ci95", {}), c.path)
-            row[f"{c.requirement} ok"] = c.ok
-        self.tried[value] = row
-        return ok
-
-    def search(self, session: Session, lo: int, hi: int) -> int | None:
-        """Gallop up from ``lo`` (lo, lo+1, lo+3, lo+7, ...) to the first value that meets, then bisect
-        between it and the last that failed."""
-        if self.evaluate(session, lo):
-            return lo
-        last_fail, step, first_ok = lo, 1, None
-        while last_fail < hi:
-            v = min(last_fail + step, hi)
-            if self.evaluate(session, v):
-                first_ok = v
-                break
-            last_fail, step = v, step * 2
-        if first_ok is None:
-            return None
-        while first_ok - last_fail > 1:
-            mid = (last_fail + first_ok) // 2
-            if self.evaluate(session, mid):
-                first_ok = mid
-            else:
-                last_fail = mid
-        return first_ok
-
-    def evidence(self) -> pd.DataFrame:
-        return pd.DataFrame([self.tried[v] for v in sorted(self.tried)])
-
-
-def _check_plan(scenario: Scenario, requirements: Sequence[str], lo: int, hi: int) -> None:
-    if not requirements:
-        raise ExperimentError("plan needs at least one requirement, e.g. 'vein_to_vein_days.p90<=28'")
-    if lo > hi:
-        raise ExperimentError(f"--min ({lo}) must be <= --max ({hi})")
-    skeleton = kpi_skeleton(scenario)
-    for text in requirements:
-        try:
-            req = analysis.parse_requirement(text)
-        except analysis.RequirementSyntaxError as e:
-            raise ExperimentError(str(e)) from None
-        check_kpi_path(skeleton, req.path, scenario)
+    search: CapacityPlan
 
 
 def plan(
@@ -382,28 +298,23 @@ def plan(
     replications: int = 10,
     source: str = "<scenario>",
     base_dir: Path | None = None,
+    budget: int = DEFAULT_BUDGET,
     **execution: Unpack[Execution],
 ) -> PlanResult:
-    """Smallest integer value of ``lever`` in [lo, hi] whose replication means meet every requirement.
-
-    Assumes more of the lever never hurts (monotone), so a gallop and a bisection find it. Every value
-    runs the same replication seeds (common random numbers), so neighbouring values are compared on the
-    same patients. A value the scenario rules reject (e.g. fewer operators than an open step needs)
-    counts as failing, with the reason in the evidence."""
-    path = resolve_lever(lever)
-    _check_plan(scenario, requirements, lo, hi)
-    planner = _Planner(scenario, text, lever, requirements, replications, source, base_dir)
-
-    def result(value: int | None) -> PlanResult:
-        return PlanResult(lever, path, list(requirements), value, planner.evidence(), planner.summaries, lo, hi)
-
-    with Session.of(execution) as session:
-        try:
-            found = planner.search(session, lo, hi)
-        except KeyboardInterrupt:
-            raise ExperimentInterrupted(result(None), session.finished, session.finished,
-                                        session.stored_run_ids) from None
-    return result(found)
+    """Smallest integer value of one free ``lever`` in [lo, hi] whose replication means meet every
+    requirement: :func:`capacity_plan` with that one lever. A value is accepted only on its own
+    replications (no monotonicity assumed), and the value one step below the answer has been tried and
+    failed. A value the scenario rules reject (e.g. fewer operators than an open step needs) counts as
+    failing, with the reason in the evidence."""
+    if lo > hi:
+        raise ExperimentError(f"--min ({lo}) must be <= --max ({hi})")
+    found = capacity_plan(scenario, text, [LeverSpec(lever, lo=lo, hi=hi)], requirements, replications, budget,
+                          source, base_dir, **execution)
+    rows = found.evidence.rename(columns={lever: "value"}).drop(columns=["candidate", "phase", "cost"])
+    rows = rows.sort_values("value", kind="stable").reset_index(drop=True)
+    value = found.chosen.values[lever] if found.chosen is not None else None
+    summaries = {c.values[lever]: c.summary for c in found.candidates if c.summary}
+    return PlanResult(lever, found.levers[0].path, list(requirements), value, rows, summaries, lo, hi, found)
 
 
 # --------------------------------------------------------------------------------------------- JSON

@@ -192,6 +192,35 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
 _set_path = set_path  # the old private name
 
 
+def get_values(data: Any, path: str) -> list[Any]:
+    """The values at a dotted lever path (one per item a ``*`` matches), read with the addressing of
+    :func:`set_path`, so a capacity plan knows what a lever is today and what adding to it costs. Read
+    from a validated scenario's ``model_dump(by_alias=True)`` to see defaults a file left out."""
+    parts = path.split(".")
+    if not all(parts):
+        raise ExperimentError(f"lever path {path!r} has an empty part")
+    targets = [_Target(data, Scenario, "")]
+    for part in parts:
+        step = _Step(path, part, False, None)
+        following = []
+        for t in targets:
+            here = f"{t.where}.{part}" if t.where else part
+            if isinstance(t.node, list):
+                following += [_Target(t.node[j], None, here) for j in _list_indices(t.node, t, step)]
+            elif isinstance(t.node, dict) and (part == "*" or part in t.node):
+                keys = list(t.node) if part == "*" else [part]
+                following += [_Target(t.node[k], None, f"{t.where}.{k}" if t.where else str(k)) for k in keys]
+            elif isinstance(t.node, dict):
+                known = ", ".join(sorted(map(str, t.node)))
+                raise ExperimentError(f"lever path {path!r}: unknown key {part!r} in {t.where or 'the scenario'}; "
+                                      f"valid keys there: {known}")
+            else:
+                raise ExperimentError(f"lever path {path!r}: {t.where} is a single value ({t.node!r}), "
+                                      f"it has no key {part!r}")
+        targets = following
+    return [t.node for t in targets]
+
+
 # ----------------------------------------------------------------------------------------- what-ifs
 def _fmt_value(v: Any) -> str:
     if isinstance(v, (dict, list)):

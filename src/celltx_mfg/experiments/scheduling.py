@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 from ..config import Scenario
 from ..distributions import replication_seed
+from ..records import RunRecords
 from .backends import BackendName, InlineBackend, Outcome, ReplicationBackend, open_backend, unpack
 from .errors import ExperimentError
 from .targets import precision_met
@@ -53,7 +54,9 @@ class ReplicationGroup:
     n_max: int
     precision: dict[str, float] | None
     first: int = 0  # replication number of the group's first run (a what-if adding to stored ones)
+    keep_records: bool = False  # also keep each run's records in ``records`` (analysis beyond the KPIs)
     results: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    records: list[RunRecords] = field(default_factory=list)
     buffer: dict[int, Outcome] = field(default_factory=dict)
     submitted: int = 0
     done: bool = False
@@ -89,8 +92,11 @@ def make_group(
     precision: Mapping[str, float] | None,
     max_replications: int,
     first: int = 0,
+    keep_records: bool = False,
 ) -> ReplicationGroup:
-    """A group of ``replications`` (with precision: at least that many, at most ``max_replications``)."""
+    """A group of ``replications`` (with precision: at least that many, at most ``max_replications``);
+    ``keep_records`` keeps every run's records in memory (``group.records``, replication order) for
+    analysis that needs more than the KPIs, stored or not."""
     if replications < 1:
         raise ExperimentError(f"replications must be >= 1, got {replications}")
     if precision:
@@ -108,6 +114,7 @@ def make_group(
         n_max=n_max,
         precision=dict(precision) if precision else None,
         first=first,
+        keep_records=keep_records,
     )
 
 
@@ -151,7 +158,7 @@ class _Pass:
             gi, rep = task
             g = self.groups[gi]
             g.submitted += 1
-            handle = self.backend.submit(g.scenario, rep, replication_seed(g.seed, rep), self.keep)
+            handle = self.backend.submit(g.scenario, rep, replication_seed(g.seed, rep), self.keep or g.keep_records)
             self.in_flight[handle] = (gi, rep)
 
     def _collect(self) -> None:
@@ -173,6 +180,8 @@ class _Pass:
     def _store_ready(self, g: ReplicationGroup) -> None:
         while not g.done and g.first + len(g.results) in g.buffer:
             k, records = g.buffer.pop(g.first + len(g.results))
+            if g.keep_records and records is not None:
+                g.records.append(unpack(records))
             with _sigint_deferred():
                 g.results.append((self.session.store(g, records), k))
                 self.session.finished += 1

@@ -31,13 +31,15 @@ class Delivery(ModelBase):
         return (yield from self.infuse(p, b, site))
 
     def infuse(self, p: Patient, b: Batch, site: Site) -> Proc:
-        """Book the site's first infusion slot after lymphodepletion; the slot goes back if infusion
-        does not happen (the one place it is cancelled)."""
+        """Book the site's first infusion slot after clinic readiness and lymphodepletion (both counted
+        from release, when the clinic learns the product is coming); the slot goes back if infusion does
+        not happen (the one place it is cancelled)."""
         env = self.env
         released = b.released
         assert released is not None  # only released batches are shipped
         ld = self.stream(f"lymphodepletion:{site.name}", site.lymphodepletion).sample()
-        earliest = max(env.now, released + ld)
+        ready = self.stream(f"clinic_readiness:{site.name}", site.clinic_readiness).sample()
+        earliest = max(env.now, released + ready + ld)
         book = self.infusion_slots[site.name]
         oh = self.open_hour[site.name]
         day = book.first_free(math.ceil(earliest - oh - 1e-9))

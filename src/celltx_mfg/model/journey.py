@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import scenario_referral_days
+from ..config import Referral, scenario_referrals
 from ..distributions import Exponential
 from ..records import RunRecords
 from . import summary
@@ -46,15 +46,22 @@ class Model(Collection, Manufacture, Release, Delivery):
 
     # ------------------------------------------------------------------ referrals
     def referrals(self) -> Proc:
+        """Referrals inside the demand window: a replayed log in day order, or Poisson arrivals (thinned
+        by the monthly ramp). Drawn arrivals outside the window are skipped, not shifted, so the
+        arrival times inside it are the ones the same seed draws without a window."""
         d = self.sc.demand
-        days = scenario_referral_days(self.sc)
-        if days is not None:
-            for day in sorted(days):
-                if day >= self.sc.horizon_days:
+        first = d.first_referral_day
+        last = INF if d.last_referral_day is None else d.last_referral_day
+        log = scenario_referrals(self.sc)
+        if log is not None:
+            for ref in sorted(log, key=lambda r: r.day):
+                if ref.day >= self.sc.horizon_days or ref.day > last:
                     break
-                if day > self.env.now:
-                    yield self.env.timeout(day - self.env.now)
-                self.new_patient()
+                if ref.day < first:
+                    continue
+                if ref.day > self.env.now:
+                    yield self.env.timeout(ref.day - self.env.now)
+                self.new_patient(ref)
             return
         ramp = d.monthly_ramp
         top = max(ramp) if ramp else 1.0
@@ -65,18 +72,25 @@ class Model(Collection, Manufacture, Release, Delivery):
         thin = self.stream("arrivals:thinning")
         while True:
             yield self.env.timeout(gaps.sample())
+            if self.env.now > last:
+                return
             if ramp:
                 m = ramp[min(int(self.env.now / MONTH), len(ramp) - 1)]
                 if thin.sample() * top >= m:
                     continue
-            self.new_patient()
+            if self.env.now >= first:
+                self.new_patient()
 
-    def new_patient(self) -> None:
+    def new_patient(self, ref: Referral | None = None) -> None:
+        """A referred patient; a logged referral's site, product and urgency replace the drawn ones (the
+        draws are still made, so every other referral keeps its random numbers)."""
         sc, d = self.sc, self.sc.demand
         site_name = _choose({s.name: s.share for s in sc.sites}, self.stream("patient:site").sample())
-        site = next(s for s in sc.sites if s.name == site_name)
         product = _choose(sc.product_mix, self.stream("patient:product").sample())
         urgency = _choose(d.urgency_mix, self.stream("patient:urgency").sample())
+        if ref is not None:
+            site_name, product, urgency = ref.site or site_name, ref.product or product, ref.urgency or urgency
+        site = next(s for s in sc.sites if s.name == site_name)
         infectious = self.stream("patient:infectious").sample() < d.infectious_fraction
         u = self.stream("patient:dropout").sample()
         dropout_at = INF

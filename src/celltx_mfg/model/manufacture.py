@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import NoReturn, cast
 
+from simpy import Event
+
 from ..config import Step
 from . import rules
 from .base import ModelBase, Priority, Proc
@@ -87,28 +89,43 @@ class Manufacture(ModelBase):
         return Outcome.MADE
 
     def acquire_units(self, p: Patient, b: Batch, step: Step, kinds: list[str], prio: Priority,
-                      deadline: float | None) -> Proc:
+                      deadline: float | None, first: bool = False) -> Proc:
         """Take the units the step needs, in order. With a ``deadline`` (fresh material waiting for its
-        first step) QA rejects the material when its hold limit passes first (rule 3)."""
+        first step) QA rejects the material when its hold limit passes first (rule 3). At the ``first``
+        step nothing has been processed yet, so a patient who drops out while queueing leaves the queue
+        at once: no start, no line clearance, the units already taken go straight back."""
         env = self.env
         ready = env.now
         for kind in kinds:
             pool = self.pool_for(p, kind)
             ev = pool.request(prio)
             if not ev.triggered:
-                if deadline is not None:
-                    yield ev | env.timeout(max(0.0, deadline - env.now))
-                    if not ev.triggered:
-                        pool.cancel(ev)
-                        self.hold_exceeded_waiting(p, b, kind)
-                else:
-                    yield ev
+                yield from self.wait_for_unit(p, b, kind, pool, ev, deadline, first)
             unit = cast(str, ev.value)  # a granted request carries the unit name
             b.held[kind] = [unit, ready, env.now, step.name]
             if kind == "suite":
                 b.suite = unit
             self.open_holds[(kind, unit)] = (b.coi, b.batch_no, step.name, ready, env.now)
         return ready
+
+    def wait_for_unit(self, p: Patient, b: Batch, kind: str, pool: UnitPool, ev: Event, deadline: float | None,
+                      first: bool) -> Proc:
+        """Queue for one unit until it is granted, the material's hold limit passes or (before any
+        processing) the patient drops out, whichever comes first; the last two leave the queue."""
+        env = self.env
+        dropout = p.dropout_at if first else math.inf
+        limit = math.inf if deadline is None else deadline
+        if min(limit, dropout) == math.inf:
+            yield ev
+            return
+        yield ev | env.timeout(max(0.0, min(limit, dropout) - env.now))
+        if ev.triggered:
+            return
+        pool.cancel(ev)
+        if dropout <= limit:
+            self.lose(p, "dropout", dropout)
+            raise BatchStopped(Outcome.LOST, "abandoned", "patient_lost", processed=False)
+        self.hold_exceeded_waiting(p, b, kind)
 
     def hold_exceeded_waiting(self, p: Patient, b: Batch, kind: str) -> NoReturn:
         assert b.apheresis_end is not None
@@ -120,7 +137,7 @@ class Manufacture(ModelBase):
     def run_step(self, p: Patient, b: Batch, i: int, step: Step, plan: ProductPlan, prio: Priority,
                  deadline: float | None) -> Proc:
         env, sc = self.env, self.sc
-        ready = yield from self.acquire_units(p, b, step, plan.acquire[i], prio, deadline)
+        ready = yield from self.acquire_units(p, b, step, plan.acquire[i], prio, deadline, first=i == 0)
         dur = self.stream(f"step:{p.product}:{step.name}", step.duration).sample()
         # fresh starting material is on the clock: its first step goes ahead of routine work
         urgent = i == 0 and sc.gmp.starting_material == "fresh"
@@ -157,9 +174,10 @@ class Manufacture(ModelBase):
             self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", dev.detail)
             if sc.gmp.on_hold_exceeded == "recollect":
                 return BatchStopped(Outcome.RECOLLECT, "failed", "starting_material_hold_exceeded", processed=False)
-        b.mfg_start = start
         if not self.enter(p, "manufacturing"):
-            return BatchStopped(Outcome.LOST, "abandoned", "patient_lost")
+            # gone while the first step waited for its operators: nothing was processed, nothing to clear
+            return BatchStopped(Outcome.LOST, "abandoned", "patient_lost", processed=False)
+        b.mfg_start = start
         return None
 
     def step_failure(self, p: Patient, b: Batch, step: Step) -> None:

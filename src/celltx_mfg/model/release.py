@@ -88,11 +88,15 @@ class Release(ModelBase):
             yield env.timeout(elapsed - (env.now - requested))
 
     def test_and_release(self, p: Patient, b: Batch) -> Proc:
-        """All tests sampled at once; the QP releases after the required results, a clean verdict and
-        closed blocking deviations, re-reviewing while new ones are open."""
+        """All tests sampled at once; the QP releases after the required results, a clean verdict, a QA
+        review and closed blocking deviations, re-reviewing while new ones are open. With
+        ``release.qa_review_during_qc`` the first review runs while the tests incubate; it still counts
+        at release only if no blocking deviation was open past the moment it started."""
         env, sc = self.env, self.sc
         p.stage = "qc_release"
         tests = {t.name: (t, env.process(self.qc_test(p, b, t))) for t in sc.qc.tests}
+        review = env.process(self.qa_review(b)) if sc.release.qa_review_during_qc else None
+        reviewed_from = env.now if review is not None else None  # start of the review that still counts
         needed = [ev for name, (_, ev) in tests.items() if name in self.required_tests]
         if needed:
             yield env.all_of(needed)
@@ -101,12 +105,16 @@ class Release(ModelBase):
         outcome = self.qc_verdict(p, b, tests, handled)
         if outcome is not None:
             return outcome
+        if review is not None:
+            yield review
         while True:
             # major/critical deviations must be closed before the QP may release (rule 9)
             closes = self.open_until.get(b.batch_no, 0.0)
             if closes > env.now:
                 yield env.timeout(closes - env.now)
-            yield from self.qa_review(b)
+            if reviewed_from is None or self.open_until.get(b.batch_no, 0.0) > reviewed_from:
+                reviewed_from = env.now
+                yield from self.qa_review(b)
             if not self.enter(p, "qc_release"):
                 return Outcome.ABANDONED
             if rules.expired(b.expiry, env.now):

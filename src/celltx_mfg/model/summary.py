@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import STAFF
 from ..records import PatientRecord, ResourceSummary, ResourceUse, RunRecords
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ def finish(m: Model) -> RunRecords:
     return rec
 
 def costs(m: Model) -> dict[str, float]:
-    """Cost components inside the KPI window; empty when the scenario states no costs."""
+    """Cost components inside the KPI window; empty when the scenario states no costs. Labour is paid
+    for the staff pools' shifts (headcount x on-shift hours; idle time on shift is paid too) unless
+    ``costs.labour_basis`` is hands_on, which counts only the hours staff are busy on a task."""
     c = m.sc.costs
     if c is None:
         return {}
@@ -56,8 +59,12 @@ def costs(m: Model) -> dict[str, float]:
                     if b.mfg_start is not None and w <= b.mfg_start < h)
     qc_unit = c.qc_per_batch or m.sc.qc.cost_per_batch
     qc = qc_unit * sum(1 for b in m.batches if b.mfg_end is not None and w <= b.mfg_end < h)
-    staff_days = sum(max(0.0, min(u.end, h) - max(u.start, w)) for u in m.rec.resource_uses
-                     if u.kind in ("operators", "qc_analysts", "qa_reviewers"))
+    if c.labour_basis == "paid":
+        staff_days = sum(pool.count * pool.calendar.available_days(w, h)
+                         for pool in (m.operators, m.analysts, m.reviewers))
+    else:
+        staff_days = sum(max(0.0, min(u.end, h) - max(u.start, w)) for u in m.rec.resource_uses
+                         if u.kind in STAFF)
     return {
         "materials": float(materials),
         "qc": float(qc),

@@ -43,6 +43,7 @@ from ._common import (
     _reason,
     _where,
     _write_txn,
+    damaged_text,
     display_url,
 )
 from .corrections import record_correction
@@ -85,10 +86,11 @@ from .write import _diagnose, _insert_sqlite, _write_run, write_run
 __all__ = [
     "CorrectionRow", "DEFAULT_DB", "GENESIS_HEAD", "KEY_FILE_ENV", "Keyring", "Problem", "ProblemKind",
     "RECORD_TABLES", "RELEASE_MODES", "RESOURCE_KINDS", "RunRow", "SCHEMA_VERSION", "SIGNATURE_MEANINGS",
-    "ScenarioRow", "StoreError", "default_key_file", "display_url", "entry_head", "export_batch_csv", "export_csv",
-    "export_parquet", "key_file", "key_id", "ledger_head", "list_runs", "list_scenarios", "load_frames",
-    "load_keys", "load_run_meta", "open_store", "record_correction", "reference_body", "reference_chain",
-    "release_signature", "scenario_digest", "scenario_text", "verify", "write_run",
+    "ScenarioRow", "StoreError", "damaged_text", "default_key_file", "display_url", "entry_head",
+    "export_batch_csv", "export_csv", "export_parquet", "key_file", "key_id", "ledger_head", "list_runs",
+    "list_scenarios", "load_frames", "load_keys", "load_run_meta", "open_store", "record_correction",
+    "reference_body", "reference_chain", "release_signature", "scenario_digest", "scenario_text", "verify",
+    "write_run",
     # private, used by tests and benchmarks
     "_ALL_TABLES", "_BATCH_RECORD_TABLES", "_BY_NAME", "_SPECS", "_TABLE_DEFS", "_Spec", "_append_only_ddl",
     "_correction_body", "_diagnose", "_genesis", "_insert_sqlite", "_iso", "_now", "_package_version", "_q",

@@ -101,12 +101,29 @@ def url_label(url: sa.URL, fallback: str | None = None) -> str:
     """How a store is named in a message: a SQLite file by its path, any other URL with its password
     masked (the one rule, for an open engine and for a URL still being opened)."""
     if url.get_backend_name() == "sqlite":
-        return str(url.database or fallback)
+        name = str(url.database or fallback)
+        # a read-only open names the file as an SQLite URI (file:PATH?mode=ro): print the path
+        return name.removeprefix("file:") if url.query.get("uri") == "true" else name
     return url.render_as_string(hide_password=True)
 
 
 def _where(engine: Engine) -> str:
     return url_label(engine.url)
+
+
+def damaged_text(exc: BaseException) -> bool:
+    """A read failed on a stored text that is not UTF-8 (a flipped byte inside a value, which the file
+    checks at open cannot see); ``exc`` a database error or the ``StoreError`` made of one."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+    return "Could not decode to UTF-8" in str(getattr(cause, "orig", None) or cause)
+
+
+def _damage_hint(exc: BaseException) -> str:
+    """What to do when SQLite found the file damaged while reading."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorname", "") == "SQLITE_CORRUPT" or damaged_text(exc):
+        return " (the database file is damaged: `celltx verify` names the rows it can; restore it from a backup)"
+    return ""
 
 
 @contextmanager
@@ -116,7 +133,7 @@ def _reading(engine: Engine, what: str = "read") -> Iterator[Connection]:
         with engine.connect() as conn:
             yield conn
     except DB_ERRORS as e:
-        raise StoreError(f"cannot {what} {_where(engine)}: {_reason(e)}") from e
+        raise StoreError(f"cannot {what} {_where(engine)}: {_reason(e)}{_damage_hint(e)}") from e
 
 
 @contextmanager

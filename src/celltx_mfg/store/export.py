@@ -1,9 +1,15 @@
-"""Exports: every table as CSV or Parquet, and one batch's whole GMP record for a reviewer."""
+"""Exports: every table as CSV or Parquet, and one batch's whole GMP record for a reviewer.
+
+Each file is written whole or not at all: into a hidden temporary file beside it, synced, then renamed
+over the name asked for, so a full disk or a killed export never leaves a file cut mid-row (an older file of
+that name stays as it was)."""
 
 import datetime as dt
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +146,26 @@ def _csv_ready(table: pa.Table) -> pa.Table:
 _CSV_DTYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into a temporary file next to ``path``, synced to disk, then renamed to ``path``; on any
+    failure the temporary file is removed and ``path`` is untouched."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:  # named by the file asked for, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_csv(table: pa.Table, path: Path) -> None:
     """Through pandas' nullable integer and boolean dtypes: integers stay integers next to nulls."""
     _csv_ready(table).to_pandas(types_mapper=_CSV_DTYPES.get).to_csv(path, index=False)
@@ -158,7 +184,7 @@ def _export(engine: Engine, out_dir: str | Path, run_ids: Sequence[int] | None, 
         starts = _run_starts(conn)
         for t in _ALL_TABLES:
             p = out / f"{t.name}.{suffix}"
-            write(table_arrow(conn, t, run_ids, starts), p)
+            _atomic(p, partial(write, table_arrow(conn, t, run_ids, starts)))
             paths.append(p)
     return paths
 
@@ -249,6 +275,6 @@ def export_batch_csv(engine: Engine, coi: str, out_path: str | Path, run_id: int
     df = _batch_record(parts, notes)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    _atomic(out, lambda tmp: df.to_csv(tmp, index=False))
     return len(df)
 

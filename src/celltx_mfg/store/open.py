@@ -4,13 +4,18 @@ SQLite connections get WAL (readers never block the writer), a 30 s busy timeout
 queue instead of failing), synchronous=NORMAL and foreign keys on. A read-only open never writes; a
 writable open probes a write so that a read-only file fails at once, not after a long simulation.
 
-Every open reads the store's schema version (store/migrate.py): a store written by a newer celltx-mfg
-is refused untouched, an older one of ours is migrated by a writable open (a read-only open refuses it),
-and an empty database gets the schema.
+Before any connection that could write, an existing SQLite file is looked at read-only
+(store/identity.py): a device, FIFO or directory is refused, someone else's database (another application
+id, or tables that are not ours) is refused untouched, and ``PRAGMA quick_check`` (``integrity_check`` for
+an audit) must pass, so nothing reads from or appends to a damaged file. Every open reads the store's
+schema version (store/migrate.py): a store written by a newer celltx-mfg is refused untouched, an older one
+of ours is migrated by a writable open (a read-only open refuses it), and an empty database gets the schema
+and our application id. Only the store's own folder is created, never the folders above it.
 """
 
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +29,7 @@ from sqlmodel import SQLModel
 
 from ._common import OPEN_ERRORS, StoreError, _reason, display_url, url_label
 from .guards import install_guards
+from .identity import IntegrityCheck, StoreKind, check_integrity, recognise, recognise_sqlite, stamp
 from .keys import signing_keys
 from .migrate import check_not_newer, has_our_tables, migrate, read_version, write_version
 from .schema import _STORE_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION
@@ -76,21 +82,54 @@ def _locate(db: str, readonly: bool) -> _Target:
 
 
 def _make_directory(target: _Target) -> None:
+    """Create the store's own folder if it is missing, never the folders above it: a mistyped path must
+    not leave directories behind anywhere on the machine."""
     if not target.file:
         return
+    folder = Path(target.file).parent
+    if folder.is_dir():
+        return
+    if not folder.parent.is_dir():
+        raise StoreError(f"cannot open store {target.where}: folder {folder.parent} does not exist "
+                         f"(only the store's own folder, {folder.name}, is created)")
     try:
-        Path(target.file).parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+    except FileExistsError:
+        if not folder.is_dir():
+            raise StoreError(f"cannot open store {target.where}: {folder} is not a folder") from None
     except OSError as e:
         raise StoreError(f"cannot open store {target.where}: {e.strerror or e}") from e
 
 
-def _create_engine(target: _Target, readonly: bool) -> Engine:
+_NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_file_kind(target: _Target) -> None:
+    """A store is a regular file: a device (/dev/null), FIFO, socket or directory is refused before SQLite
+    opens it (and leaves a /dev/null-journal behind, or blocks on the FIFO)."""
+    if not target.file:
+        return
+    try:
+        mode = os.stat(target.file).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"cannot open store {target.where}: {e.strerror or e}") from e
+    except ValueError as e:  # a NUL character (a URL's %00)
+        raise StoreError(f"cannot open store {target.where}: the path contains a NUL character") from e
+    for test, what in _NOT_FILES:
+        if test(mode):
+            raise StoreError(f"cannot open store {target.where}: it is {what}, not a database file")
+
+
+def _create_engine(target: _Target, readonly: bool, lenient_text: bool = False) -> Engine:
     try:
         engine = sa.create_engine(target.url)
     except (sa.exc.ArgumentError, ImportError) as e:
         raise StoreError(f"cannot open store {target.where}: {_reason(e)}") from e
     if target.sqlite:
-        event.listen(engine, "connect", _sqlite_settings(readonly))
+        event.listen(engine, "connect", _sqlite_settings(readonly, lenient_text))
     return engine
 
 
@@ -107,9 +146,15 @@ def _enter_wal(cur: Any) -> None:
             time.sleep(0.02)
 
 
-def _sqlite_settings(readonly: bool) -> Callable[[Any, Any], None]:
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _sqlite_settings(readonly: bool, lenient_text: bool = False) -> Callable[[Any, Any], None]:
     """The settings every SQLite connection of the engine gets when it is made."""
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if lenient_text:
+            dbapi_conn.text_factory = _lenient_text
         cur = dbapi_conn.cursor()
         try:
             cur.execute("PRAGMA foreign_keys=ON")
@@ -131,6 +176,9 @@ def _check_is_store(conn: Connection, where: str) -> None:
 
 def _check_readable(conn: Connection, where: str) -> None:
     """A read-only open: a celltx store of this schema version (it cannot migrate one)."""
+    if recognise(conn, where) is StoreKind.NEW:
+        raise StoreError(f"cannot open store {where}: it is empty, not a celltx store yet "
+                         "(a run creates one: celltx run SCENARIO --db ...)")
     version = read_version(conn)
     check_not_newer(version, where)
     _check_is_store(conn, where)
@@ -148,30 +196,62 @@ def _create_schema(conn: Connection, where: str, sqlite: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif postgres:  # parallel openers create the schema one at a time
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242131)")
+    recognise(conn, where)  # someone else's database raises: nothing was written
     version = read_version(conn)
     check_not_newer(version, where)  # raising rolls back: nothing was written
     if version < SCHEMA_VERSION and (version > 0 or has_our_tables(conn)):
         migrate(conn, version, where)
     SQLModel.metadata.create_all(conn, tables=_STORE_TABLES)
+    stamp(conn)
     install_guards(conn)  # missing or altered append-only triggers are (re-)created as defined
     write_version(conn, SCHEMA_VERSION)
     conn.commit()
 
 
-def _precheck_version(target: _Target) -> None:
-    """Before a writable engine touches an existing SQLite file (WAL mode, -wal and -shm files), refuse a
-    newer store from a read-only look at its header; anything unreadable is left to the open to report."""
+def _look_uri(target: _Target) -> str:
+    file = Path(target.file or "").absolute().as_uri()
+    return file + ("?mode=ro&immutable=1" if "immutable=1" in str(target.url) else "?mode=ro")
+
+
+def _look(target: _Target, check: IntegrityCheck) -> None:
+    """Before any connection that could write touches an existing SQLite file (WAL mode, -wal and -shm
+    files, tables, a new user_version): read-only, refuse someone else's database, a store written by a
+    newer celltx-mfg and a damaged file. A file that cannot be looked at for another reason (a read-only
+    folder) is left to the open, which says why."""
     if not target.file or not Path(target.file).is_file():
         return
     try:
-        con = sqlite3.connect(Path(target.file).absolute().as_uri() + "?mode=ro", uri=True)
-        try:
-            version = int(con.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            con.close()
+        con = sqlite3.connect(_look_uri(target), uri=True)
     except sqlite3.Error:
         return
-    check_not_newer(version, target.where)
+    try:
+        query = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+        kind, header = recognise_sqlite(query, target.where)
+        if kind is StoreKind.NEW:
+            return
+        check_not_newer(header.user_version, target.where)
+        check_integrity(query, target.where, check)
+    except sqlite3.Error as e:
+        found = _definite(e, target.where)
+        if found is not None:
+            raise found from e
+    except UnicodeDecodeError as e:  # SQLite's own message quoting a damaged schema text it cannot decode
+        raise StoreError(f"cannot open store {target.where}: the database file is damaged (malformed "
+                         "database schema); nothing was read or written: restore it from a backup") from e
+    finally:
+        con.close()
+
+
+def _definite(e: sqlite3.Error, where: str) -> StoreError | None:
+    """What a failed look at the file says for sure (not a database, damaged); None for anything the open
+    itself reports better (a locked file, a folder that cannot be written)."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name == "SQLITE_NOTADB":
+        return StoreError(f"cannot open store {where}: not an SQLite database ({_reason(e)}); it was left untouched")
+    if name == "SQLITE_CORRUPT":
+        return StoreError(f"cannot open store {where}: the database file is damaged ({_reason(e)}); "
+                          "nothing was read or written: restore it from a backup")
+    return None
 
 
 def _unwritable_hint(target: _Target) -> str:
@@ -198,17 +278,22 @@ def _prepare(engine: Engine, target: _Target, readonly: bool) -> None:
         raise StoreError(f"cannot open store {target.where}: {_reason(e)}{hint}") from e
 
 
-def open_store(db: str = DEFAULT_DB, *, readonly: bool = False) -> Engine:
+def open_store(db: str = DEFAULT_DB, *, readonly: bool = False, audit: bool = False,
+               lenient_text: bool = False) -> Engine:
     """Open (creating if needed) a store at a file path or SQLAlchemy URL (anything with '://').
 
-    ``readonly`` opens an existing SQLite file without writing to it (dashboards). A writable open
-    loads the key file (creating it on first use: store/keys.py) before it touches anything.
+    ``readonly`` opens an existing SQLite file without writing to it (dashboards). ``audit`` (``verify``)
+    checks the file with ``integrity_check`` instead of ``quick_check``. ``lenient_text`` reads a stored
+    text that is not UTF-8 (a flipped byte) with replacement characters instead of failing, so that
+    ``verify`` can name the damaged row; it makes reading slower, so it is for that second look only.
+    A writable open loads the key file (creating it on first use: store/keys.py) before it writes.
     """
     target = _locate(db, readonly)
+    _check_file_kind(target)
+    _look(target, IntegrityCheck.FULL if audit else IntegrityCheck.QUICK)
     if not readonly:
         signing_keys()  # a writer seals: a key file problem is found now, not after a long simulation
-        _precheck_version(target)
         _make_directory(target)
-    engine = _create_engine(target, readonly)
+    engine = _create_engine(target, readonly, lenient_text)
     _prepare(engine, target, readonly)
     return engine
