@@ -184,7 +184,8 @@ def _check_readable(conn: Connection, where: str) -> None:
     _check_is_store(conn, where)
     if version < SCHEMA_VERSION:
         raise StoreError(f"cannot open store {where}: schema version {version} is older than this "
-                         f"celltx-mfg's {SCHEMA_VERSION}; open it writable once (e.g. celltx verify) to migrate it")
+                         f"celltx-mfg's {SCHEMA_VERSION}; open it writable once (any command that stores runs, "
+                         "e.g. celltx run) to migrate it")
 
 
 def _create_schema(conn: Connection, where: str, sqlite: bool) -> None:
