@@ -1,15 +1,20 @@
 """How much the GMP batch log costs: write_run (digests, constraints, one transaction) against a bare
-sqlite3 executemany of the same step-event tuples, both measured in this run on this machine; then write
-and verify rates on SQLite and on a throw-away PostgreSQL server side by side (skipped, with the reason,
-where no server can be started).
+sqlite3 executemany of the same step-event tuples, both measured in this run on this machine; the share of
+write_run spent on the keyed seals (loading the key, the QP signature of every release row, the ledger
+entry), timed around those calls inside the same write_run, also for a run in which every batch is
+released; then write and verify rates on SQLite and on a throw-away PostgreSQL server side by side
+(skipped, with the reason, where no server can be started).
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_store.py [--steps 1000000] [--backend-steps 200000]
+
+Without CELLTX_KEY_FILE the benchmark seals with a key file in a temporary folder (not ~/.config).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import sqlite3
 import sys
@@ -36,8 +41,9 @@ STEPS = ("thaw_and_wash", "selection", "activation", "transduction", "expansion"
          "cryopreservation")
 
 
-def synthetic_run(n_steps: int, seed: int = 7) -> RunRecords:
-    """Plant-shaped records: batches of seven steps each, one QC panel and release per batch."""
+def synthetic_run(n_steps: int, seed: int = 7, released: int = 2000) -> RunRecords:
+    """Plant-shaped records: batches of seven steps each; the first ``released`` batches also get a
+    patient, a QC panel and a release (the QP signs each)."""
     rng = random.Random(seed)
     rec = RunRecords("bench", seed, 0, 3650.0, 365.0, costs={"materials": 1.0e8})
     n_batches = max(1, -(-n_steps // len(STEPS)))
@@ -54,7 +60,7 @@ def synthetic_run(n_steps: int, seed: int = 7) -> RunRecords:
             rec.steps.append(StepEvent(coi, bno, STEPS[i], i, t, t + wait, t + wait + dur,
                                        f"suite:S{1 + b % 4}", 2, i % 2 == 0, "ok"))
             t += wait + dur
-        if b < 2000:  # a few thousand rows of the other tables
+        if b < released:  # a few thousand rows of the other tables
             rec.patients.append(PatientRecord(coi, b + 1, "Site-A", "axi-cel", "standard", False, t0 - 6, t0 - 5,
                                               t0 - 1, t + 10, "infused", None, None, None, None, 1))
             rec.batches.append(BatchRecord(coi, bno, 1, "axi-cel", "infused", None, t0, t0 - 1, t0 - 0.8, t0 - 0.3,
@@ -82,6 +88,53 @@ def raw_baseline(path: Path, rows: list[tuple]) -> tuple[float, float]:
     elapsed = time.perf_counter() - t, time.process_time() - c
     con.close()
     return elapsed
+
+
+class KeyedTimer:
+    """Times the keyed-seal calls of write_run (key loading, release signing, the ledger entry) while a
+    real write_run runs: the wrapped functions are the store's own, called as usual."""
+
+    NAMES = ("signing_keys", "sign_releases", "append")
+
+    def __init__(self) -> None:
+        from celltx_mfg.store import write
+
+        self.module, self.spent, self.saved = write, 0.0, {}
+
+    def __enter__(self) -> KeyedTimer:
+        from celltx_mfg.store import keys
+
+        keys._cache.clear()  # the key file is read from disk, as by a fresh process
+        for name in self.NAMES:
+            self.saved[name] = fn = getattr(self.module, name)
+            setattr(self.module, name, self._timed(fn))
+        return self
+
+    def _timed(self, fn):  # noqa: ANN001, ANN202
+        def inner(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent += time.perf_counter() - t
+        return inner
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self.saved.items():
+            setattr(self.module, name, fn)
+
+
+def keyed_share(path: Path, rec: RunRecords) -> tuple[float, float]:
+    """write_run's wall seconds for ``rec`` and the seconds of it spent on the keyed seals."""
+    engine = store.open_store(str(path))
+    try:
+        with KeyedTimer() as timer:
+            t = time.perf_counter()
+            store.write_run(engine, "bench", "name: bench\n", rec)
+            total = time.perf_counter() - t
+        return total, timer.spent
+    finally:
+        engine.dispose()
 
 
 def write_and_verify(url: str, rec: RunRecords) -> tuple[float, float]:
@@ -137,9 +190,11 @@ def main() -> None:
         gc.enable()
         del rows
         engine = store.open_store(str(Path(d) / "celltx.db"))
-        t, c = time.perf_counter(), time.process_time()
-        run_id = store.write_run(engine, "bench", "name: bench\n", rec)
-        write = time.perf_counter() - t, time.process_time() - c
+        with KeyedTimer() as timer:
+            t, c = time.perf_counter(), time.process_time()
+            run_id = store.write_run(engine, "bench", "name: bench\n", rec)
+            write = time.perf_counter() - t, time.process_time() - c
+        keyed = timer.spent
         t = time.perf_counter()
         problems = store.verify(engine, run_id)
         check = time.perf_counter() - t
@@ -155,11 +210,20 @@ def main() -> None:
     print(f"write_run (digests, checks, 1 txn)  : {write[0]:6.2f} / {write[1]:5.2f} s  "
           f"{(n + others) / write[0]:>9,.0f} rows/s wall")
     print(f"ratio write_run / raw               : {write[0] / base[0]:6.2f} wall, {write[1] / base[1]:.2f} CPU")
+    print(f"keyed seals inside that write_run   : {keyed:6.3f} s = {100 * keyed / write[0]:.2f}% of write_run "
+          f"({len(rec.releases):,} QP signatures, 1 ledger entry, key loaded from its file)")
     print(f"verify                              : {check:6.2f} s  {(n + others) / check:>10,.0f} rows/s")
     print(f"load_frames                         : {load:6.2f} s")
     print(f"database size                       : {size / 1e6:6.0f} MB")
+    every = synthetic_run(args.backend_steps, released=args.backend_steps)
+    with tempfile.TemporaryDirectory() as d:
+        total, keyed = keyed_share(Path(d) / "released.db", every)
+    print(f"every batch released ({len(every.steps):,} steps, {len(every.releases):,} QP signatures): keyed seals "
+          f"{keyed:.3f} s of write_run {total:.2f} s = {100 * keyed / total:.2f}%")
     backends(args.backend_steps)
 
 
 if __name__ == "__main__":
+    if not os.environ.get("CELLTX_KEY_FILE"):
+        os.environ["CELLTX_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="celltx-bench-")) / "keys.json")
     main()

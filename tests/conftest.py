@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,20 @@ def short_baseline_file(folder: Path, horizon: float, warmup: float = 30.0) -> P
     p = folder / "small.yaml"
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test seals with a key file of its own session (CELLTX_KEY_FILE, inherited by the `celltx`
+    processes tests start): tests never create or read a key in the user's home."""
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    before = os.environ.get("CELLTX_KEY_FILE")
+    os.environ["CELLTX_KEY_FILE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("CELLTX_KEY_FILE", None)
+    else:
+        os.environ["CELLTX_KEY_FILE"] = before
 
 
 @pytest.fixture(scope="session")

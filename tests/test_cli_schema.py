@@ -124,3 +124,31 @@ def test_schema_rejects_the_old_shapes() -> None:
     validator = jsonschema.Draft202012Validator(SCHEMA)
     assert not validator.is_valid({"runs": [1], "kpis": {"patients_infused": 3}})
     assert not validator.is_valid({"command": "run", "scenario": "x", "runs": [1], "kpis": {"patients_infused": 3}})
+
+
+def test_writing_commands_print_the_new_ledger_head(files: dict[str, Path], tmp_path: Path) -> None:
+    """run, check, sweep, compare and plan name the store's new ledger head in "ledger_head" (null when
+    they stored nothing); each write moves it on, every earlier head stays in the ledger (verify
+    --expect-head passes), and a head not in it fails."""
+    from celltx_mfg import store
+
+    db = str(tmp_path / "heads.db")
+    small, whatif = str(files["small"]), str(files["whatif"])
+    heads = [_json(["run", small, "--db", db, "-r", "1"])["ledger_head"],
+             _json(["check", small, "--db", db, "-r", "1", "--require", "patients_referred>=1"])["ledger_head"],
+             _json(["sweep", small, "--db", db, "--vary", "resources.suites=18", "-r", "1"])["ledger_head"],
+             _json(["compare", small, whatif, "--db", db, "-r", "2"])["ledger_head"],
+             _json(["plan", small, "--db", db, "--lever", "suites", "--require", "patients_infused>=1", "--min", "18",
+                    "--max", "18", "-r", "1"])["ledger_head"]]
+    assert len(set(heads)) == 5 and all(isinstance(h, str) and len(h) == 64 for h in heads)
+    assert heads[-1] == store.ledger_head(store.open_store(db, readonly=True))
+    for head in heads:
+        assert runner.invoke(app, ["verify", "--db", db, "--expect-head", head]).exit_code == 0
+    assert runner.invoke(app, ["verify", "--db", db, "--expect-head", "ab" * 32]).exit_code == 1
+    assert _json(["check", small, "-r", "1", "--require", "patients_referred>=1"])["ledger_head"] is None
+    assert _json(["sweep", small, "--vary", "resources.suites=18", "-r", "1", "--no-store"])["ledger_head"] is None
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    no_head = {"command": "run", "scenario": "x", "runs": [1],
+               "kpis": _json(["run", small, "--db", db, "-r", "1"])["kpis"]}
+    assert not validator.is_valid(no_head) and validator.is_valid({**no_head, "ledger_head": heads[0]})
+    assert not validator.is_valid({**no_head, "ledger_head": "not-a-head"})

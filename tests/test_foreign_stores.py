@@ -217,15 +217,16 @@ def test_other_application_id_is_refused_untouched(short: Path, tmp_path: Path) 
 
 
 def test_newer_store_is_refused_untouched_by_run(db: Path, short: Path) -> None:
-    """`celltx run` on a store of ours written by a newer celltx-mfg (schema version 2): exit 2 before
-    simulating, the store byte-identical (its version not rewritten)."""
+    """`celltx run` on a store of ours written by a newer celltx-mfg (the next schema version): exit 2
+    before simulating, the store byte-identical (its version not rewritten)."""
+    newer = store.SCHEMA_VERSION + 1
     con = sqlite3.connect(db)
-    con.execute("PRAGMA user_version = 2")
+    con.execute(f"PRAGMA user_version = {newer}")
     con.commit()
     con.close()
     before = sha(db)
     msg = one_line_exit2(runner.invoke(app, ["run", str(short), "--db", str(db)]), "newer celltx-mfg")
-    assert sha(db) == before and pragma(db, "user_version") == 2
+    assert sha(db) == before and pragma(db, "user_version") == newer
     note(msg)
 
 

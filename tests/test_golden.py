@@ -1,7 +1,9 @@
 """Same seed, same database: a digest of every stored value, recorded before the architecture change.
 
 Wall-clock columns (when a run started, finished, when a scenario was first stored) and the run seal that
-folds them in are left out; everything the model produced, and every per-row digest of the batch log, is in.
+folds them in are left out, and so are the keyed seals (ledger heads, release signatures, key ids: each
+test session has its own key); everything the model produced, and every per-row digest of the batch log,
+is in.
 A change that alters results for the same seed must bump the version, add a CHANGELOG line and record the
 new digest here.
 """
@@ -19,11 +21,13 @@ from celltx_mfg.cli import app
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 WALL_CLOCK = {("scenario", "created"), ("run", "started"), ("run", "finished"), ("run", "digest"),
-              ("correction", "time"), ("correction", "digest")}
+              ("correction", "time"), ("correction", "digest"), ("ledger", "time"), ("ledger", "digest")}
+KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id"),
+         ("release_signature", "signature")}
 
 GOLDEN = {
-    "run": "e16af3ac399fd891a2ae0abce749f54995867bc5a174d5bdde14bb9b9ef6c6f4",
-    "sweep": "c72ca5cb36dbbfcc0a3b5a66cc1dc765bdd74cd8ed2b7a6d31fb9700db96c6f5",
+    "run": "7c0201b051b68f0606910106c2667108d9d0041e0f50d325862040d5db0f5fba",
+    "sweep": "3975fb77513de1ea35c098df305e3a2d12bac60ecb093ff0bd743064cad37542",
 }
 
 
@@ -36,7 +40,7 @@ def db_digest(path: Path) -> str:
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         for t in tables:
             cols = sorted(r[1] for r in con.execute(f'PRAGMA table_info("{t}")'))
-            keep = [c for c in cols if (t, c) not in WALL_CLOCK]
+            keep = [c for c in cols if (t, c) not in WALL_CLOCK | KEYED]
             h.update(f"{t}:{','.join(keep)}\n".encode())
             sel = ", ".join(f'"{c}"' for c in keep)
             for line in sorted(repr(row) for row in con.execute(f'SELECT {sel} FROM "{t}"')):

@@ -1,11 +1,13 @@
 """The store on a real PostgreSQL server (tests/pgserver.py starts a throw-away one; skipped without one):
 the CLI gives the same KPIs as on SQLite, the append-only guards refuse UPDATE and DELETE, verify finds a
-changed row, a parallel sweep stores its runs, the dashboard loader reads it, and the password in the URL
-never appears in any output."""
+changed row, a parallel sweep stores its runs, the dashboard loader reads it, the password in the URL
+never appears in any output, and the keyed seals, the ledger and the trigger checks work as on SQLite."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,131 @@ def test_an_unparseable_url_is_one_line_without_its_password(url: str) -> None:
     with pytest.raises(store.StoreError, match="cannot open store <unparseable database URL>") as e:
         store.open_store(url)
     assert "topsecret" not in str(e.value)
+
+
+# ------------------------------------------------------------- keyed seals, ledger and guards (issue 10)
+@contextmanager
+def _tampering(db: str) -> Iterator[sa.Connection]:
+    """A connection with the append-only triggers out of the way, as an insider would have it: on
+    PostgreSQL a superuser's session_replication_role; on SQLite the triggers dropped, then put back."""
+    engine = sa.create_engine(db if "://" in db else f"sqlite:///{db}")
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+                yield conn
+                return
+            names = [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+            for name in names:
+                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+            yield conn
+            for ddl in store._append_only_ddl():
+                conn.exec_driver_sql(ddl)
+    finally:
+        engine.dispose()
+
+
+def _found(db: str, *heads: str) -> set[tuple[int | None, str, str]]:
+    engine = store.open_store(db, readonly=True)
+    try:
+        return {(p.run_id, p.table, p.kind) for p in store.verify(engine, expect_heads=heads)}
+    finally:
+        engine.dispose()
+
+
+def test_resealed_run_and_deleted_newest_run_found_on_both_backends(small: Path, db: str) -> None:
+    """The same keyed seals and ledger on SQLite and PostgreSQL: a run re-sealed with the package's sha256
+    after its seed was changed is found (its ledger entry no longer matches); the newest run deleted with
+    its ledger entry leaves a whole store, and only the head printed before (`ledger_head`) shows it."""
+    out = json.loads(_ok(runner.invoke(app, ["run", str(small), "--db", db, "-r", "2", "--json"])))
+    head = out["ledger_head"]
+    assert _found(db, head) == set()
+    with _tampering(db) as conn:
+        run = dict(conn.execute(sa.text("SELECT * FROM run WHERE id = 1")).mappings().one())
+        content_hash = conn.execute(sa.text("SELECT content_hash FROM scenario")).scalar()
+        run["seed"] += 1
+        conn.execute(sa.text("UPDATE run SET seed = :s, digest = :d WHERE id = 1"),
+                     {"s": run["seed"], "d": store._run_seal(1, content_hash, run)})
+    assert _found(db) == {(1, "run", "seal")}
+    with _tampering(db) as conn:
+        for t in (*store.RECORD_TABLES, "release_signature"):
+            conn.execute(sa.text(f'DELETE FROM "{t}" WHERE run_id = 2'))
+        conn.execute(sa.text("DELETE FROM run WHERE id = 2"))
+        conn.execute(sa.text("DELETE FROM ledger WHERE kind = 'run' AND ref_id = 2"))
+    assert _found(db) == {(1, "run", "seal")}
+    assert _found(db, head) == {(1, "run", "seal"), (None, "ledger", "removed")}
+    res = runner.invoke(app, ["verify", "--db", db, "--expect-head", head])
+    assert res.exit_code == 1 and "is not in the ledger" in res.output and PG_PASSWORD not in res.output
+
+
+def test_guards_are_checked_by_their_text_and_repaired(small: Path, db: str) -> None:
+    """A dropped trigger and a no-op replacement (PostgreSQL: also a disabled trigger and a no-op
+    function body) are each reported by verify; the next writable open puts the real ones back."""
+    _ok(runner.invoke(app, ["run", str(small), "--db", db, "--json"]))
+    engine = sa.create_engine(db if "://" in db else f"sqlite:///{db}")
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP TRIGGER run_no_delete ON run")
+            conn.exec_driver_sql("ALTER TABLE qc_test DISABLE TRIGGER qc_test_no_update")
+            conn.exec_driver_sql("CREATE OR REPLACE TRIGGER batch_no_update BEFORE INSERT ON batch "
+                                 "FOR EACH ROW EXECUTE FUNCTION celltx_append_only()")
+            conn.exec_driver_sql("CREATE OR REPLACE FUNCTION celltx_append_only() RETURNS trigger "
+                                 "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+            expected = {("run", "run_no_delete is missing"), ("qc_test", "qc_test_no_update is disabled"),
+                        ("batch", "batch_no_update differs"), ("run", "celltx_append_only differs")}
+        else:
+            conn.exec_driver_sql('DROP TRIGGER "run_no_delete"')
+            conn.exec_driver_sql('DROP TRIGGER "batch_no_update"')
+            conn.exec_driver_sql('CREATE TRIGGER "batch_no_update" BEFORE UPDATE ON "batch" BEGIN SELECT 1; END')
+            expected = {("run", "run_no_delete is missing"), ("batch", "batch_no_update differs")}
+    engine.dispose()
+    ro = store.open_store(db, readonly=True)  # a writable open would repair them first
+    guards = [p for p in store.verify(ro) if p.kind == "guard"]
+    ro.dispose()
+    assert len(guards) == len(expected), guards
+    res = runner.invoke(app, ["verify", "--db", db])
+    assert res.exit_code == 1 and res.output.count(": guard: ") == len(expected), res.output
+    assert all(any(t == p.table and what in p.detail for p in guards) for t, what in expected), guards
+    store.open_store(db).dispose()
+    assert _found(db) == set()
+    engine = store.open_store(db)
+    with pytest.raises(sa.exc.DBAPIError, match="append-only GMP record"), engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE qc_test SET result = 'pass'")
+    engine.dispose()
+
+
+def test_postgres_truncate_is_refused(small: Path, pg_url: str) -> None:
+    """TRUNCATE skips row triggers: a statement trigger on every guarded table refuses it."""
+    _ok(runner.invoke(app, ["run", str(small), "--db", pg_url, "--json"]))
+    engine = store.open_store(pg_url)
+    for sql in ("TRUNCATE ledger", "TRUNCATE run CASCADE", "TRUNCATE scenario CASCADE"):
+        with pytest.raises(sa.exc.DBAPIError, match="cannot be truncated"), engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    assert len(store.list_runs(engine)) == 1
+    engine.dispose()
+
+
+def test_postgres_parallel_writers_extend_one_ledger(pg_url: str) -> None:
+    """Four writers at once on one PostgreSQL store: the ledger appends queue (an advisory lock), so the
+    entries are numbered without a gap and every run verifies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .test_store import SCENARIO_YAML, make_records
+
+    store.open_store(pg_url).dispose()
+
+    def one(seed: int) -> int:
+        engine = store.open_store(pg_url)
+        try:
+            return store.write_run(engine, "two-suite plant", SCENARIO_YAML, make_records(seed=seed))
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(one, range(8)))
+    engine = store.open_store(pg_url)
+    with engine.connect() as conn:
+        seqs = [r[0] for r in conn.execute(sa.text("SELECT seq FROM ledger ORDER BY seq"))]
+    assert sorted(ids) == list(range(1, 9)) and seqs == list(range(1, 10))  # + the scenario
+    assert store.verify(engine) == []
+    engine.dispose()

@@ -71,7 +71,7 @@ def _add_label(conn: sa.Connection) -> None:
 def test_new_store_gets_the_version_and_reopens(tmp_path: Path) -> None:
     p = tmp_path / "s.db"
     _store_with_run(p)
-    assert _user_version(p) == store.SCHEMA_VERSION == 1
+    assert _user_version(p) == store.SCHEMA_VERSION == 2
     e = open_store(str(p))
     assert verify(e) == [] and len(store.list_runs(e)) == 1
     e.dispose()
@@ -185,8 +185,77 @@ def test_postgres_newer_store_is_refused(pg_url: str, readonly: bool) -> None:
 
 
 def test_postgres_store_from_before_celltx_meta_is_version_1(pg_url: str) -> None:
+    """A PostgreSQL store with our tables and no celltx_meta is version 1: a read-only open refuses it
+    (it would need the version 2 migration), a writable open migrates it."""
     open_store(pg_url).dispose()
     _pg(pg_url, "DROP TABLE celltx_meta")
-    assert len(store.list_runs(open_store(pg_url, readonly=True))) == 0
+    with pytest.raises(StoreError, match="schema version 1 is older"):
+        open_store(pg_url, readonly=True)
     open_store(pg_url).dispose()
-    assert _meta(pg_url) == [("schema_version", "1")]
+    assert _meta(pg_url) == [("schema_version", str(store.SCHEMA_VERSION))]
+
+
+# ------------------------------------------------------------------------ schema 1 -> 2: the ledger
+def _store_as_schema_1(p: Path) -> None:
+    """A run and a correction written, then the store taken back to what schema 1 had: no ledger, no
+    release signatures (their triggers go with their tables), user_version 1."""
+    e = open_store(str(p))
+    rid = write_run(e, "two-suite plant", SCENARIO_YAML, make_records())
+    store.record_correction(e, rid, "batch", 0, "suite recorded wrongly", {"suite": "S2"}, "qa:JL")
+    e.dispose()
+    _sqlite(p, "DROP TABLE ledger", "DROP TABLE release_signature", "PRAGMA user_version = 1")
+
+
+def test_schema_1_store_is_adopted_into_the_ledger(tmp_path: Path) -> None:
+    """A schema 1 store: refused by a read-only open (it needs migrating), migrated by a writable one.
+    The scenario, run and correction it holds are entered in the ledger as adopted, verify is clean
+    (its releases predate role signatures), a new run is written and signed as usual, and from then on
+    re-sealing the old run without the key is found like any other."""
+    p = tmp_path / "v1.db"
+    _store_as_schema_1(p)
+    with pytest.raises(StoreError, match="schema version 1 is older"):
+        open_store(str(p), readonly=True)
+    e = open_store(str(p))
+    assert _user_version(p) == store.SCHEMA_VERSION == 2
+    con = sqlite3.connect(p)
+    entries = con.execute("SELECT seq, kind, ref_id, adopted FROM ledger ORDER BY seq").fetchall()
+    con.close()
+    assert entries == [(1, "scenario", 1, 1), (2, "run", 1, 1), (3, "correction", 1, 1)]
+    assert verify(e) == []
+    rid = write_run(e, "two-suite plant", SCENARIO_YAML, make_records(seed=5))
+    e.dispose()
+    assert verify(open_store(str(p), readonly=True)) == []
+    con = sqlite3.connect(p)
+    assert con.execute("SELECT COUNT(*) FROM release_signature WHERE run_id = ?", (rid,)).fetchone()[0] > 0
+    assert con.execute("SELECT COUNT(*) FROM release_signature WHERE run_id = 1").fetchone()[0] == 0
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        con.execute(f'DROP TRIGGER "{name}"')
+    con.row_factory = sqlite3.Row
+    run = dict(con.execute("SELECT * FROM run WHERE id = 1").fetchone())
+    run["seed"] = 12345  # another seed, and the run's sha256 seal recomputed for it
+    content_hash = con.execute("SELECT content_hash FROM scenario").fetchone()[0]
+    con.execute("UPDATE run SET seed = ?, digest = ? WHERE id = 1", (12345, store._run_seal(1, content_hash, run)))
+    con.commit()
+    con.close()
+    found = {(x.run_id, x.kind) for x in verify(open_store(str(p), readonly=True)) if x.kind != "guard"}
+    assert found == {(1, "seal")}
+    open_store(str(p)).dispose()  # opening again (schema 2) adds nothing to the ledger
+    con = sqlite3.connect(p)
+    assert con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0] == 4  # + the new run
+    con.close()
+
+
+def test_postgres_schema_1_store_is_migrated(pg_url: str) -> None:
+    e = open_store(pg_url)
+    write_run(e, "two-suite plant", SCENARIO_YAML, make_records())
+    e.dispose()
+    _pg(pg_url, "DROP TABLE ledger")
+    _pg(pg_url, "DROP TABLE release_signature")
+    _pg(pg_url, "UPDATE celltx_meta SET value = '1' WHERE key = 'schema_version'")
+    e = open_store(pg_url)
+    assert _meta(pg_url) == [("schema_version", str(store.SCHEMA_VERSION))]
+    assert verify(e) == []
+    with e.connect() as c:
+        assert c.execute(sa.text("SELECT kind, adopted FROM ledger ORDER BY seq")).all() == [("scenario", True),
+                                                                                               ("run", True)]
+    e.dispose()

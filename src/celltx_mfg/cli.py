@@ -39,8 +39,10 @@ from .cli_common import (
     fail,
     fmt_value,
     handled,
+    head_note,
     headline,
     json_numbers,
+    ledger_head_of,
     load_or_exit,
     open_db,
     progress_bar,
@@ -92,10 +94,10 @@ def kpi_table(title: str, kpis: dict[str, Any]) -> Table:
 
 def _replicate(file: Path, db: str | None, seed: int | None, replications: int | None, jobs: int,
                backend: Backend, ray_address: str | None, quiet: bool,
-               require: Sequence[str] = ()) -> tuple[Any, Any]:
+               require: Sequence[str] = ()) -> tuple[Any, Any, str | None]:
     """The one replication path (:func:`experiments.replicate_scenario`) as the simulating commands
     call it: the scenario checked (and the KPI paths of ``require``), the store opened, every replication
-    stored whole, KPIs per run."""
+    stored whole, KPIs per run; with the store's new ledger head (None when nothing is stored)."""
     from .experiments import replicate_scenario
 
     sc, text = load_or_exit(file)
@@ -108,7 +110,7 @@ def _replicate(file: Path, db: str | None, seed: int | None, replications: int |
         result = replicate_scenario(sc, text, n, engine=engine, seed=seed, jobs=jobs,
                                     backend=backend.value, ray_address=ray_address,
                                     progress=progress)
-    return sc, result
+    return sc, result, ledger_head_of(engine, db)
 
 
 def _headline(result: Any) -> dict[str, Any]:
@@ -128,16 +130,17 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Run a scenario, store every replication whole, print the KPIs (mean and 95% interval)."""
-    sc, result = _replicate(file, db, seed, replications, jobs, backend, ray_address, as_json)
+    sc, result, head = _replicate(file, db, seed, replications, jobs, backend, ray_address, as_json)
     run_ids, kpis = result.run_ids, _headline(result)
     if as_json:
-        print(json.dumps({"command": "run", "scenario": sc.name, "runs": run_ids, "kpis": json_numbers(kpis)},
-                         default=float))
+        print(json.dumps({"command": "run", "scenario": sc.name, "runs": run_ids, "ledger_head": head,
+                          "kpis": json_numbers(kpis)}, default=float))
         return
     from .store import display_url
 
     title = f"{sc.name}: {len(run_ids)} replication(s), runs {run_ids[0]}-{run_ids[-1]} in {display_url(db)}"
     out.print(kpi_table(title, kpis))
+    head_note(head)
 
 
 @app.command()
@@ -262,59 +265,113 @@ def check(
     from .analysis import check_requirements
 
     check_requirement_syntax(require)
-    sc, result = _replicate(file, db, None, replications, jobs, backend, ray_address, as_json, require)
+    sc, result, head = _replicate(file, db, None, replications, jobs, backend, ray_address, as_json, require)
     try:
         results = check_requirements(_headline(result), require)
     except ValueError as e:
         fail(f"--require: {e}")
     failed = [r for r in results if not r.ok]
     if as_json:
-        print(json.dumps({"command": "check", "scenario": sc.name, "ok": not failed,
+        print(json.dumps({"command": "check", "scenario": sc.name, "ok": not failed, "ledger_head": head,
                           "requirements": [json_numbers(r._asdict()) for r in results]}, default=float))
     else:
         for r in results:
             mark = "PASS" if r.ok else "FAIL"
             out.print(f"{mark}  {r.requirement}  (actual {fmt_value(r.actual)})", markup=False)
+        head_note(head)
     if failed:
         if not as_json:
             err.print(f"{len(failed)} of {len(results)} requirement(s) not met for {sc.name}", markup=False)
         raise typer.Exit(1)
 
 
+HEAD_HELP = ("a ledger head printed by a writing command (\"ledger_head\"): exit 1 unless it is still in the "
+             "ledger, which catches the removal of the newest runs or of everything")
+HEAD_FILE_HELP = ("file a CI job keeps the ledger head in: checked like --expect-head when it exists, and "
+                  "(re)written with the store's head after a clean verify")
+
+
+def _head_arg(value: str, where: str) -> str:
+    """A ledger head as given: 64 hex digits (sha256-sized), or exit 2 naming where it came from."""
+    head = value.strip().lower()
+    if len(head) != 64 or any(c not in "0123456789abcdef" for c in head):
+        fail(f"{where}: {value.strip()[:80]!r} is not a ledger head (64 hex digits, as printed in \"ledger_head\")")
+    return head
+
+
+def _read_head_file(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")[:1000] if path.is_file() else None
+    except (OSError, UnicodeError) as e:
+        fail(f"--head-file {path}: cannot read it: {e}")
+    if text is None:
+        fail(f"--head-file {path}: not a regular file")
+    return _head_arg(text, f"--head-file {path}")
+
+
+def _write_head_file(path: Path, head: str) -> None:
+    """Keep the verified head (write then rename, so a reader never sees half a head)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(head + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        fail(f"--head-file {path}: cannot write it: {e.strerror or e}")
+
+
 @app.command()
 def verify(
     db: str = DB_OPTION,
     run: int | None = run_id_option("one run id; default all"),
+    expect_head: str | None = typer.Option(None, "--expect-head", help=HEAD_HELP),
+    head_file: Path | None = typer.Option(None, "--head-file", help=HEAD_FILE_HELP),
 ) -> None:
-    """Recompute the batch log's hash chain and release signatures; name any row changed, removed or
-    inserted after the fact (exit 1)."""
-    from .store import display_url
+    """Recompute the batch log's hash chains, keyed seals, release signatures, ledger and append-only
+    triggers; name anything changed, removed or inserted after the fact, or sealed by an unknown key
+    (exit 1). Seals are checked with the key file in CELLTX_KEY_FILE (default ~/.config/celltx/keys.json)."""
+    from .store import display_url, ledger_head
 
     if "://" not in db and not Path(db).exists():
         fail(f"database {db} does not exist")
+    if head_file is not None and run is not None:
+        fail("--head-file keeps the head of the whole store: give it without --run")
+    expected = [_head_arg(expect_head, "--expect-head")] if expect_head is not None else []
+    kept = _read_head_file(head_file) if head_file is not None else None
+    expected += [kept] if kept is not None else []
     with handled(db):
-        problems = _verified(db, run)
-    if not problems:
-        out.print(f"{display_url(db)}: every run's record chain and release signature verified", markup=False)
-        return
-    for p in problems:
-        err.print(str(p), markup=False)
-    err.print(f"{len(problems)} integrity problem(s) found", markup=False)
-    raise typer.Exit(1)
+        problems, engine = _verified(db, run, expected)
+        head = ledger_head(engine)
+    if problems:
+        for p in problems:
+            err.print(str(p), markup=False)
+        err.print(f"{len(problems)} integrity problem(s) found", markup=False)
+        raise typer.Exit(1)
+    out.print(f"{display_url(db)}: every run's record chain, seal and release signature verified; "
+              f"ledger head {head or '(empty ledger)'}", markup=False)
+    if head_file is not None and head is not None and head != kept:
+        _write_head_file(head_file, head)
+        out.print(f"head file {head_file} {'updated' if kept else 'created'}", markup=False)
 
 
-def _verified(db: str, run: int | None) -> list[Any]:
-    """verify's findings, the file checked by integrity_check first; when a stored text turns out not to be
-    UTF-8 (a flipped byte), a second look reads it with replacement characters so the row is named."""
+def _verified(db: str, run: int | None, heads: Sequence[str]) -> tuple[list[Any], Any]:
+    """verify's findings and the engine they came from, the file checked by integrity_check first; when a
+    stored text turns out not to be UTF-8 (a flipped byte), a second look reads it with replacement
+    characters so the row is named. A URL is opened read-only too (``untouched``): a writable open would
+    repair the append-only triggers before they are checked."""
     from .store import StoreError, damaged_text
     from .store import verify as verify_store
 
+    engine = open_db(db, readonly=True, untouched=True, audit=True)
     try:
-        return verify_store(open_db(db, readonly=True, audit=True), run)
+        return verify_store(engine, run, expect_heads=heads), engine
     except StoreError as e:
         if not damaged_text(e):
             raise
-    return verify_store(open_db(db, readonly=True, lenient_text=True), run)
+    engine = open_db(db, readonly=True, untouched=True, lenient_text=True)
+    return verify_store(engine, run, expect_heads=heads), engine
 
 
 @app.command()

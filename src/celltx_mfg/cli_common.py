@@ -133,18 +133,39 @@ def load_or_exit(path: Path) -> tuple[Any, str]:
         fail(e.render())
 
 
-def open_db(db: str | None, readonly: bool = False, **checks: bool) -> Any:
+def open_db(db: str | None, readonly: bool = False, untouched: bool = False, **checks: bool) -> Any:
     """An open store, None when no database was asked for, or exit 2 naming the database. ``readonly``
     for commands that only read (verify, kpis, export): they then work on read-only storage; ``checks``
-    are open_store's ``audit`` and ``lenient_text`` (verify)."""
+    are open_store's ``audit`` and ``lenient_text`` (verify). ``untouched`` (verify): a database URL is
+    opened read-only too, so a writable open does not repair the append-only triggers before they are
+    checked."""
     if db is None:
         return None
     from .store import StoreError, display_url, open_store
 
     try:
-        return open_store(db, readonly=readonly and "://" not in db, **checks)
+        return open_store(db, readonly=readonly and ("://" not in db or untouched), **checks)
     except StoreError as e:
         fail(f"database {display_url(db)}: {e}")
+
+
+def ledger_head_of(engine: Any, db: str | None) -> str | None:
+    """The store's newest ledger head after a writing command (None when nothing is stored): printed as
+    ``"ledger_head"`` so a CI job can keep it and later check it with ``celltx verify --expect-head``."""
+    if engine is None:
+        return None
+    from .store import StoreError, display_url, ledger_head
+
+    try:
+        return ledger_head(engine)
+    except StoreError as e:
+        fail(f"database {display_url(db or '')}: {e}")
+
+
+def head_note(head: str | None) -> None:
+    """The new ledger head on stderr, for the table (non-JSON) output of a writing command."""
+    if head is not None:
+        err.print(f"ledger head {head} (check later: celltx verify --expect-head {head})", markup=False)
 
 
 def fmt_value(v: Any) -> str:

@@ -37,6 +37,8 @@ from .cli_common import (
     err,
     fmt_value,
     handled,
+    head_note,
+    ledger_head_of,
     load_or_exit,
     open_db,
     progress_bar,
@@ -157,26 +159,30 @@ def sweep(
             result = ex.sweep(cells, replications, jobs=jobs, backend=backend.value, engine=engine,
                               progress=progress, ray_address=ray_address, precision=targets or None,
                               max_replications=max_replications)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json(_sweep_json(result, list(levers), None if no_store else db, targets))
+        _print_json(_sweep_json(result, list(levers), None if no_store else db, targets, head))
         return
     shown = list(dict.fromkeys([*(kpi or DEFAULT_KPIS), *targets]))
     _out().print(_sweep_table(result, list(levers), shown, by_scenario=len(files) > 1 or not levers))
     if targets and not all(m for m in result.precision_met):
         err.print("precision not reached in cells marked (cap): raise --max-replications", markup=False)
     _stored_note(_run_ids(result.runs), db)
+    head_note(head)
 
 
 def _run_ids(runs: list[list[tuple[Any, Any]]]) -> list[Any]:
     return [rid for group in runs for rid, _ in group if rid is not None]
 
 
-def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[str, float]) -> dict[str, Any]:
+def _sweep_json(result: Any, levers: list[str], db: str | None, targets: dict[str, float],
+                head: str | None) -> dict[str, Any]:
     cells = zip(result.cells, result.summaries, result.precision_met, result.runs, strict=True)
     return {
         "command": "sweep",
         "levers": levers,
         "db": _shown(db),
+        "ledger_head": head,
         "precision": targets,
         "cells": [
             {
@@ -241,15 +247,17 @@ def compare(
         with progress_bar(as_json, "compare") as progress:
             result = ex.compare(scenarios, replications, jobs=jobs, backend=backend.value, engine=engine,
                                 progress=progress, ray_address=ray_address, kpi_paths=kpi or None)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json(_compare_json(result, replications, None if no_store else db))
+        _print_json(_compare_json(result, replications, None if no_store else db, head))
         return
     for name in result.names[1:]:
         _out().print(_compare_table(result, name, list(kpi or DEFAULT_KPIS), replications))
     _stored_note(_run_ids(result.runs), db)
+    head_note(head)
 
 
-def _compare_json(result: Any, replications: int, db: str | None) -> dict[str, Any]:
+def _compare_json(result: Any, replications: int, db: str | None, head: str | None) -> dict[str, Any]:
     return {
         "command": "compare",
         "reference": result.names[0],
@@ -257,6 +265,7 @@ def _compare_json(result: Any, replications: int, db: str | None) -> dict[str, A
         "replications": replications,
         "seed": result.seed,
         "db": _shown(db),
+        "ledger_head": head,
         "differences": result.table,
         "summaries": dict(zip(result.names, result.summaries, strict=True)),
         "run_ids": {n: [rid for rid, _ in runs] for n, runs in zip(result.names, result.runs, strict=True)},
@@ -352,10 +361,12 @@ def plan(
             result = ex.capacity_plan(sc, text, specs, require, replications=replications, budget=budget, jobs=jobs,
                                       backend=backend.value, engine=engine, progress=progress,
                                       ray_address=ray_address, source=str(file), base_dir=file.parent)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json(plan_json(result))
+        _print_json(plan_json(result, head))
     else:
         _print_plan(result)
+        head_note(head)
     if not result.met:
         raise typer.Exit(1)
 
@@ -457,12 +468,14 @@ def bottleneck(
             result = design.bottleneck(sc, text, replications, target, source=str(file), base_dir=file.parent,
                                        jobs=jobs, backend=backend.value, engine=engine, progress=progress,
                                        ray_address=ray_address)
+    head = ledger_head_of(engine, db)
     if as_json:
-        _print_json({**result.as_json(), "db": _shown(db), "run_ids": result.run_ids})
+        _print_json({**result.as_json(), "db": _shown(db), "ledger_head": head, "run_ids": result.run_ids})
         return
     _out().print(_bottleneck_table(result))
     _out().print(_binding_line(result), markup=False)
     _stored_note(result.run_ids, db)
+    head_note(head)
 
 
 def _marginal_cell(e: Any) -> str:
@@ -516,12 +529,14 @@ def _guidance_table(result: Any) -> Table:
     return table
 
 
-def plan_json(result: Any) -> dict[str, Any]:
-    """``celltx plan --json``: the outcome, the plan chosen, every candidate and the guidance taken."""
+def plan_json(result: Any, head: str | None = None) -> dict[str, Any]:
+    """``celltx plan --json``: the outcome, the plan chosen, every candidate and the guidance taken, and
+    the store's new ledger head (None when the plan's runs were not stored)."""
     chosen = result.chosen
     return {
         "command": "plan",
         "scenario": result.scenario,
+        "ledger_head": head,
         "levers": [{"lever": lv.name, "path": lv.path, "base": list(lv.base), "min": lv.lo, "max": lv.hi,
                     "step": lv.step, "cost_per_unit": lv.unit_cost} for lv in result.levers],
         "requirements": result.requirements,

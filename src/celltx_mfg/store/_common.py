@@ -32,6 +32,9 @@ class ProblemKind(StrEnum):
     SIGNATURE = "signature"
     CHAIN_HEAD = "chain_head"
     MISSING = "missing"
+    SEAL = "seal"  # a keyed seal (ledger entry) missing, broken or not matching its object
+    UNKNOWN_KEY = "unknown_key"  # sealed or signed by a key this installation does not hold
+    GUARD = "guard"  # an append-only trigger missing, replaced or disabled
 
 
 class Problem(NamedTuple):

@@ -1,5 +1,6 @@
 """Corrections after first entry: a new row naming the record row it supersedes, with a reason, an
-actor and a time, chained on from the run's chain head. The record row itself is never touched."""
+actor and a time, chained on from the run's chain head and entered in the keyed ledger (so removing the
+last corrections is seen too). The record row itself is never touched."""
 
 import hashlib
 import json
@@ -12,7 +13,9 @@ from sqlalchemy.engine import Connection, Engine
 from . import _common
 from ._common import DB_ERRORS, StoreError, _reason, _where, _write_txn
 from .hashing import _correction_body
+from .keys import signing_keys
 from .schema import _BY_NAME, CORRECTION, RECORD_TABLES, RUN, _Spec
+from .seals import Entry, append
 
 
 def _checked_spec(table: str, new_values: Mapping[str, Any], reason: str, actor: str) -> _Spec:
@@ -62,6 +65,7 @@ def record_correction(engine: Engine, run_id: int, table: str, row_seq: int, rea
     spec = _checked_spec(table, new_values, reason, actor)
     values_json = _values_json(new_values)
     where = _where(engine)
+    ring = signing_keys()
     try:
         with _write_txn(engine) as conn:
             prev = _chain_tip(conn, spec, run_id, row_seq, where)
@@ -71,7 +75,9 @@ def record_correction(engine: Engine, run_id: int, table: str, row_seq: int, rea
             res = conn.execute(sa.insert(CORRECTION).values(run_id=run_id, table_name=table, row_seq=row_seq,
                                                             reason=reason, new_values_json=values_json,
                                                             time=time, actor=actor, digest=digest))
-        return int(res.inserted_primary_key[0])  # type: ignore[index]
+            correction_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+            append(conn, ring, [Entry("correction", correction_id, digest)])
+        return correction_id
     except StoreError:
         raise
     except DB_ERRORS as e:

@@ -148,3 +148,23 @@ def _record_hex(rec: Mapping[str, Any], batch_no: str | None) -> str:
     """Digest of a batch's record as it stands now (rows of batch, step_event, qc_test, deviation)."""
     h = rec.get(batch_no) if batch_no is not None else None
     return (h if h is not None else hashlib.sha256()).hexdigest()
+
+
+# ------------------------------------------------------------------------------- ledger and signatures
+
+def scenario_digest(scenario_id: int, name: str, content_hash: str, created: str) -> bytes:
+    """A scenario row's own seal: its id, name, text hash and the time it was first stored."""
+    return hashlib.sha256(b"scenario" + json.dumps([scenario_id, name, content_hash, created],
+                                                   separators=(",", ":")).encode()).digest()
+
+
+def ledger_body(seq: int, kind: str, ref_id: int, digest: bytes, adopted: bool, time: str, key_id: str) -> bytes:
+    """Canonical bytes of one ledger entry; its head is HMAC(seal key, previous head + these bytes)."""
+    return b"ledger" + json.dumps([seq, kind, ref_id, digest.hex(), bool(adopted), time, key_id],
+                                  separators=(",", ":")).encode()
+
+
+def release_signed_bytes(row_body: bytes) -> bytes:
+    """What a role key signs for a release: the release row's canonical bytes (run, row, batch, time,
+    mode, role, meaning and the batch record digest), domain-separated from every other MAC."""
+    return b"release signature\0" + row_body

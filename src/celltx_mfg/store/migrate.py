@@ -7,22 +7,48 @@ table existed has our tables and no version row: it is version 1, the layout of 
 
 ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``. ``open_store`` runs the steps a store
 needs in the transaction that opens it, then writes the new version, so a failed step leaves the store
-as it was. Version 1 is the first, so the registry is empty today; a schema change adds a step here and
-raises ``SCHEMA_VERSION``.
+as it was. A schema change adds a step here and raises ``SCHEMA_VERSION``.
+
+Version 2 added the keyed ledger and the QP release signatures (store/seals.py): the step creates their
+tables and enters every scenario, run and correction already stored in the ledger, marked ``adopted``:
+they are sealed by this installation's key as they are found (``verify`` an old store before migrating
+it if in doubt). Releases of adopted runs carry no role signature; their record digests and the run's
+hash chain still cover them.
 """
 
 from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
 from ._common import StoreError
-from .schema import RECORD_TABLES, SCHEMA_VERSION
+from .hashing import scenario_digest
+from .keys import signing_keys
+from .schema import _SEAL_TABLES, CORRECTION, LEDGER, RECORD_TABLES, RUN, SCENARIO, SCHEMA_VERSION
+from .seals import Entry, append
 
 Migration = Callable[[Connection], None]
 
+
+def _adopt_into_ledger(conn: Connection) -> None:
+    """1 -> 2: the ledger and signature tables, and a ledger entry (``adopted``) for every scenario, run
+    and correction stored before them that has none yet (so the step is safe to repeat)."""
+    SQLModel.metadata.create_all(conn, tables=_SEAL_TABLES)
+    entered = {(str(k), int(r)) for k, r in conn.execute(sa.select(LEDGER.c.kind, LEDGER.c.ref_id))}
+    s, r, c = SCENARIO.c, RUN.c, CORRECTION.c
+    found = [Entry("scenario", int(i), scenario_digest(int(i), n, h, t)) for i, n, h, t in
+             conn.execute(sa.select(s.id, s.name, s.content_hash, s.created).order_by(s.id))]
+    found += [Entry("run", int(i), bytes(d)) for i, d in
+              conn.execute(sa.select(r.id, r.digest).where(r.digest.is_not(None)).order_by(r.id))]
+    found += [Entry("correction", int(i), bytes(d)) for i, d in conn.execute(sa.select(c.id, c.digest).order_by(c.id))]
+    todo = [e for e in found if (e.kind, e.ref_id) not in entered]
+    if todo:
+        append(conn, signing_keys(), todo, adopted=True)
+
+
 # from version N to N + 1; each step runs inside the caller's transaction and must not commit
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger}
 
 META_TABLE = "celltx_meta"
 _VERSION_KEY = "schema_version"

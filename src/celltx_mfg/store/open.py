@@ -28,9 +28,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from ._common import OPEN_ERRORS, StoreError, _reason, display_url, url_label
+from .guards import install_guards
 from .identity import IntegrityCheck, StoreKind, check_integrity, recognise, recognise_sqlite, stamp
+from .keys import signing_keys
 from .migrate import check_not_newer, has_our_tables, migrate, read_version, write_version
-from .schema import _ALL_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION, _append_only_ddl, _append_only_ddl_pg
+from .schema import _STORE_TABLES, DEFAULT_DB, RECORD_TABLES, SCHEMA_VERSION
 
 _BUSY_TIMEOUT_S = 30
 
@@ -182,7 +184,8 @@ def _check_readable(conn: Connection, where: str) -> None:
     _check_is_store(conn, where)
     if version < SCHEMA_VERSION:
         raise StoreError(f"cannot open store {where}: schema version {version} is older than this "
-                         f"celltx-mfg's {SCHEMA_VERSION}; open it writable once (e.g. celltx verify) to migrate it")
+                         f"celltx-mfg's {SCHEMA_VERSION}; open it writable once (any command that stores runs, "
+                         "e.g. celltx run) to migrate it")
 
 
 def _create_schema(conn: Connection, where: str, sqlite: bool) -> None:
@@ -199,14 +202,9 @@ def _create_schema(conn: Connection, where: str, sqlite: bool) -> None:
     check_not_newer(version, where)  # raising rolls back: nothing was written
     if version < SCHEMA_VERSION and (version > 0 or has_our_tables(conn)):
         migrate(conn, version, where)
-    SQLModel.metadata.create_all(conn, tables=_ALL_TABLES)
+    SQLModel.metadata.create_all(conn, tables=_STORE_TABLES)
     stamp(conn)
-    if sqlite:
-        for ddl in _append_only_ddl():
-            conn.exec_driver_sql(ddl)
-    elif postgres:
-        for ddl in _append_only_ddl_pg():
-            conn.exec_driver_sql(ddl.replace("%", "%%"))  # the driver reads % as a placeholder
+    install_guards(conn)  # missing or altered append-only triggers are (re-)created as defined
     write_version(conn, SCHEMA_VERSION)
     conn.commit()
 
@@ -238,6 +236,9 @@ def _look(target: _Target, check: IntegrityCheck) -> None:
         found = _definite(e, target.where)
         if found is not None:
             raise found from e
+    except UnicodeDecodeError as e:  # SQLite's own message quoting a damaged schema text it cannot decode
+        raise StoreError(f"cannot open store {target.where}: the database file is damaged (malformed "
+                         "database schema); nothing was read or written: restore it from a backup") from e
     finally:
         con.close()
 
@@ -286,11 +287,13 @@ def open_store(db: str = DEFAULT_DB, *, readonly: bool = False, audit: bool = Fa
     checks the file with ``integrity_check`` instead of ``quick_check``. ``lenient_text`` reads a stored
     text that is not UTF-8 (a flipped byte) with replacement characters instead of failing, so that
     ``verify`` can name the damaged row; it makes reading slower, so it is for that second look only.
+    A writable open loads the key file (creating it on first use: store/keys.py) before it writes.
     """
     target = _locate(db, readonly)
     _check_file_kind(target)
     _look(target, IntegrityCheck.FULL if audit else IntegrityCheck.QUICK)
     if not readonly:
+        signing_keys()  # a writer seals: a key file problem is found now, not after a long simulation
         _make_directory(target)
     engine = _create_engine(target, readonly, lenient_text)
     _prepare(engine, target, readonly)

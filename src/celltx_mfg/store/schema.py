@@ -1,6 +1,7 @@
 """The store's tables, each defined once: the run and scenario rows, one table per record list of
 ``RunRecords`` (same fields, same order, plus ``run_id``, ``row_seq`` and ``digest``), corrections,
-and the triggers that make GMP records append-only.
+the keyed ledger and release signatures (store/seals.py), and the triggers that make GMP records
+append-only (their exact text is checked by ``verify``: store/guards.py).
 
 ``row_seq`` is a row's position within its run and table (``seq`` is taken by ``StepEvent.seq``).
 """
@@ -20,7 +21,7 @@ from ..records import RunRecords
 from ._common import _q
 from .hashing import RowBody, RowChain, compile_row_code
 
-SCHEMA_VERSION = 1  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
+SCHEMA_VERSION = 2  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
 # raising it needs a step in store/migrate.py MIGRATIONS
 
 RESOURCE_KINDS = ("suite", "incubator", "closed_device", "freezer", "operators", "qc_analysts",
@@ -234,36 +235,97 @@ class CorrectionRow(SQLModel, table=True):
     digest: bytes  # chains the run's corrections on from run.chain_head
 
 
+LEDGER_KINDS = ("scenario", "run", "correction")
+
+
+class LedgerRow(SQLModel, table=True):
+    """One entry of the run ledger: a scenario, run or correction as it was sealed, chained to the entry
+    before it by ``head = HMAC(seal key, previous head + this entry)``. The newest head, kept outside the
+    store (``verify --expect-head``), shows a deletion of the newest entries or of everything."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (CheckConstraint(_enum_check("kind", LEDGER_KINDS), name="ck_ledger_kind"),
+                      Index("ix_ledger_ref", "kind", "ref_id"))
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    kind: str
+    ref_id: int = Field(sa_type=sa.BigInteger)  # scenario.id, run.id or correction.id
+    digest: bytes  # the object's own sha256 seal (scenario fields; run.digest; correction.digest)
+    adopted: bool = False  # entered by the schema 2 migration for an object written before the ledger
+    time: str  # UTC ISO timestamp
+    key_id: str  # id of the seal key (store/keys.py), never the key
+    head: bytes  # HMAC-SHA256 chaining this entry to the one before
+
+
+class ReleaseSignatureRow(SQLModel, table=True):
+    """A release row's signature by its signer's role key: HMAC-SHA256 of the release row (batch record
+    digest included) under the key of ``role``; kept beside the row so the record chain stays keyless."""
+
+    __tablename__ = "release_signature"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+    run_id: int = Field(primary_key=True, foreign_key="run.id")
+    row_seq: int = Field(primary_key=True)  # the release row signed
+    role: str
+    key_id: str  # id of the role key (store/keys.py), never the key
+    signature: bytes
+
+
 SCENARIO = table_of(ScenarioRow)
 RUN = table_of(RunRow)
 CORRECTION = table_of(CorrectionRow)
-_ALL_TABLES = [SCENARIO, RUN, *(s.table for s in _SPECS), CORRECTION]
+LEDGER = table_of(LedgerRow)
+RELEASE_SIGNATURE = table_of(ReleaseSignatureRow)
+_ALL_TABLES = [SCENARIO, RUN, *(s.table for s in _SPECS), CORRECTION]  # the exported tables
+_SEAL_TABLES = [LEDGER, RELEASE_SIGNATURE]  # store-internal: the seals over the exported ones
+_STORE_TABLES = [*_ALL_TABLES, *_SEAL_TABLES]
 
 
 def _guarded_tables() -> tuple[str, ...]:
     """The tables whose rows can be neither changed nor deleted (``run`` has its own rule)."""
-    return (*RECORD_TABLES, "correction", "scenario")
+    return (*RECORD_TABLES, "correction", "scenario", "ledger", "release_signature")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One append-only trigger: its name, its table and the definition the store must hold, as the
+    database reports it back (SQLite: ``sqlite_master.sql``; PostgreSQL: ``pg_get_triggerdef`` with
+    ``{schema}`` for the store's schema). ``verify`` compares the text, so a no-op trigger of the same
+    name is found, not only a missing one."""
+
+    name: str
+    table: str
+    sql: str
+
+
+_ABORT = "SELECT RAISE(ABORT, 'append-only GMP record: {what}'); END"
+
+
+def _sqlite_guard(table: str, op: str, what: str, when: str = "") -> Guard:
+    name = f"{table}_no_{op.lower()}"
+    return Guard(name, table, f'CREATE TRIGGER "{name}" BEFORE {op} ON {_q(table)} {when}BEGIN '
+                              + _ABORT.format(what=what))
+
+
+def sqlite_guards() -> tuple[Guard, ...]:
+    """The SQLite append-only triggers: a guarded table refuses UPDATE and DELETE; a run row may be
+    updated until it is sealed (its chain head set) and never deleted."""
+    out = [_sqlite_guard(t, op, f"{t} rows cannot be {verb}; record a correction instead")
+           for t in _guarded_tables() for op, verb in (("UPDATE", "changed"), ("DELETE", "deleted"))]
+    out.append(_sqlite_guard("run", "UPDATE", "a complete run cannot be changed", "WHEN OLD.chain_head IS NOT NULL "))
+    out.append(_sqlite_guard("run", "DELETE", "runs cannot be deleted"))
+    return tuple(out)
 
 
 def _append_only_ddl() -> list[str]:
-    out = []
-    for t in _guarded_tables():
-        for op, verb in (("UPDATE", "changed"), ("DELETE", "deleted")):
-            out.append(
-                f'CREATE TRIGGER IF NOT EXISTS "{t}_no_{op.lower()}" BEFORE {op} ON {_q(t)} BEGIN '
-                f"SELECT RAISE(ABORT, 'append-only GMP record: {t} rows cannot be {verb}; "
-                f"record a correction instead'); END")
-    out.append(
-        'CREATE TRIGGER IF NOT EXISTS "run_no_update" BEFORE UPDATE ON "run" WHEN OLD.chain_head IS NOT NULL '
-        "BEGIN SELECT RAISE(ABORT, 'append-only GMP record: a complete run cannot be changed'); END")
-    out.append(
-        'CREATE TRIGGER IF NOT EXISTS "run_no_delete" BEFORE DELETE ON "run" '
-        "BEGIN SELECT RAISE(ABORT, 'append-only GMP record: runs cannot be deleted'); END")
-    return out
+    """The SQLite trigger statements (``verify`` checks that the store holds exactly these)."""
+    return [g.sql for g in sqlite_guards()]
 
 
-_PG_GUARD_FN = """CREATE OR REPLACE FUNCTION celltx_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+PG_GUARD_FN_NAME = "celltx_append_only"
+PG_GUARD_FN_BODY = """
 BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'append-only GMP record: % cannot be truncated', TG_TABLE_NAME;
+  END IF;
   IF TG_TABLE_NAME = 'run' THEN
     IF TG_OP = 'DELETE' THEN
       RAISE EXCEPTION 'append-only GMP record: runs cannot be deleted';
@@ -275,15 +337,27 @@ BEGIN
   END IF;
   RAISE EXCEPTION 'append-only GMP record: % rows cannot be %; record a correction instead',
     TG_TABLE_NAME, CASE TG_OP WHEN 'UPDATE' THEN 'changed' ELSE 'deleted' END;
-END $$"""
+END """
+_PG_GUARD_FN = (f"CREATE OR REPLACE FUNCTION {PG_GUARD_FN_NAME}() RETURNS trigger LANGUAGE plpgsql "
+                f"AS $${PG_GUARD_FN_BODY}$$")
+
+
+def pg_guards() -> tuple[Guard, ...]:
+    """The PostgreSQL triggers: one plpgsql function; BEFORE UPDATE/DELETE per row and BEFORE TRUNCATE
+    per statement on every guarded table and ``run`` (the run row may be updated until it is sealed)."""
+    out = []
+    for t in (*_guarded_tables(), "run"):
+        for op, level in (("UPDATE", "ROW"), ("DELETE", "ROW"), ("TRUNCATE", "STATEMENT")):
+            name = f"{t}_no_{op.lower()}"
+            out.append(Guard(name, t, f"CREATE TRIGGER {name} BEFORE {op} ON {{schema}}.{t} "
+                                      f"FOR EACH {level} EXECUTE FUNCTION {PG_GUARD_FN_NAME}()"))
+    return tuple(out)
 
 
 def _append_only_ddl_pg() -> list[str]:
-    """The same guards on PostgreSQL: one plpgsql function, a BEFORE UPDATE/DELETE trigger per table
-    (the run row may be updated until it is sealed, as on SQLite)."""
+    """The PostgreSQL statements that (re)create the function and the triggers."""
     out = [_PG_GUARD_FN]
-    for t in (*_guarded_tables(), "run"):
-        for op in ("UPDATE", "DELETE"):
-            out.append(f'CREATE OR REPLACE TRIGGER "{t}_no_{op.lower()}" BEFORE {op} ON {_q(t)} '
-                       "FOR EACH ROW EXECUTE FUNCTION celltx_append_only()")
+    for g in pg_guards():
+        out.append(g.sql.replace(f"CREATE TRIGGER {g.name}", f'CREATE OR REPLACE TRIGGER "{g.name}"')
+                   .replace(f"{{schema}}.{g.table}", _q(g.table)))
     return out

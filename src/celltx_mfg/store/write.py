@@ -19,13 +19,16 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ..records import RunRecords
 from . import _common
 from ._common import DB_ERRORS, StoreError, _iso, _package_version, _reason, _where, _write_txn
-from .hashing import _genesis, _record_hex, _run_seal
+from .hashing import _genesis, _record_hex, _run_seal, scenario_digest
+from .keys import Keyring, signing_keys
 from .schema import _SPECS, _TABLE_DEFS, RUN, SCENARIO, _Spec
+from .seals import Entry, append, sign_releases
 
 # numpy scalars from the model's random streams must bind like the Python numbers they stand for
 # (np.float64 and np.str_ subclass float and str and need nothing)
@@ -152,8 +155,9 @@ def _run_row(records: RunRecords, label: str | None, started: datetime | None) -
 
 
 def _write_records(conn: Connection, records: RunRecords, run_id: int, prev: bytes, progress: _Progress,
-                   bulk_raw: bool) -> bytes:
-    """Every record table in ``RunRecords.TABLES`` order, extending the chain; returns its last link."""
+                   bulk_raw: bool, ring: Keyring) -> bytes:
+    """Every record table in ``RunRecords.TABLES`` order, extending the chain; returns its last link.
+    Each release row is signed by its signer role's key as it goes in."""
     rec: defaultdict[str, Any] = defaultdict(hashlib.sha256)
     state: list[Any] = [None]
     for spec in _SPECS:
@@ -161,6 +165,8 @@ def _write_records(conn: Connection, records: RunRecords, run_id: int, prev: byt
         if spec.name == "release":  # sign each batch record as it stands
             b = spec.fields.index("batch_no")
             rows = [(*r, _record_hex(rec, r[b])) for r in rows]
+            progress.spec, progress.rows = spec, rows
+            sign_releases(conn, ring, run_id, rows)
         progress.spec, progress.rows = spec, rows
         state[0] = None
         gen = spec.chain(rows, run_id, prev, rec, state)
@@ -173,13 +179,23 @@ def _write_records(conn: Connection, records: RunRecords, run_id: int, prev: byt
     return prev
 
 
-def _scenario_id(conn: Connection, name: str, text: str, content_hash: str) -> int:
+def _scenario_id(conn: Connection, name: str, text: str, content_hash: str) -> tuple[int, Entry | None]:
+    """The scenario's id, stored first if new (then with the ledger entry it needs)."""
     found = conn.execute(sa.select(SCENARIO.c.id).where(SCENARIO.c.content_hash == content_hash)).scalar()
     if found is not None:
-        return int(found)
-    res = conn.execute(sa.insert(SCENARIO).values(name=name, text=text, content_hash=content_hash,
-                                                  created=_common._now()))
-    return int(res.inserted_primary_key[0])  # type: ignore[index]
+        return int(found), None
+    created = _common._now()
+    values = {"name": name, "text": text, "content_hash": content_hash, "created": created}
+    if conn.dialect.name == "postgresql":  # another writer may be storing the same new text right now
+        ins = pg_insert(SCENARIO).values(**values).on_conflict_do_nothing(index_elements=["content_hash"])
+        sid_or_none = conn.execute(ins.returning(SCENARIO.c.id)).scalar()
+        if sid_or_none is None:  # it won: its transaction entered the scenario in the ledger
+            return int(conn.execute(sa.select(SCENARIO.c.id).where(SCENARIO.c.content_hash == content_hash))
+                       .scalar_one()), None
+        sid = int(sid_or_none)
+    else:
+        sid = int(conn.execute(sa.insert(SCENARIO).values(**values)).inserted_primary_key[0])  # type: ignore[index]
+    return sid, Entry("scenario", sid, scenario_digest(sid, name, content_hash, created))
 
 
 def _write_run(engine: Engine, scenario_name: str, scenario_text: str, records: RunRecords,
@@ -189,17 +205,20 @@ def _write_run(engine: Engine, scenario_name: str, scenario_text: str, records: 
     content_hash = hashlib.sha256(scenario_text.encode()).hexdigest()
     row = _run_row(records, label, started)
     progress = _Progress()
+    ring = signing_keys()  # before the transaction: a key file problem leaves the store untouched
     try:
         with _collector_paused(), _write_txn(engine) as conn:
-            scenario_id = _scenario_id(conn, scenario_name, scenario_text, content_hash)
+            scenario_id, new_scenario = _scenario_id(conn, scenario_name, scenario_text, content_hash)
             res = conn.execute(sa.insert(RUN).values(scenario_id=scenario_id, **row))
             run_id = int(res.inserted_primary_key[0])  # type: ignore[index]
-            head = _write_records(conn, records, run_id, _genesis(run_id, content_hash), progress, bulk_raw)
+            head = _write_records(conn, records, run_id, _genesis(run_id, content_hash), progress, bulk_raw, ring)
             row["finished"] = _iso(finished)
             row["chain_head"] = head.hex()
+            seal = _run_seal(run_id, content_hash, row)
             conn.execute(sa.update(RUN).where(RUN.c.id == run_id)
-                         .values(finished=row["finished"], chain_head=row["chain_head"],
-                                 digest=_run_seal(run_id, content_hash, row)))
+                         .values(finished=row["finished"], chain_head=row["chain_head"], digest=seal))
+            progress.spec = None
+            append(conn, ring, [*([new_scenario] if new_scenario else []), Entry("run", run_id, seal)])
         return run_id
     except StoreError:
         raise
