@@ -12,6 +12,7 @@ from ..calendar import Calendar
 from ..config import Process, Scenario
 from .plant import DayBook, StaffPool, UnitPool
 from .slotplan import (
+    LATE_QUANTILE,
     MonthBook,
     ProductTiming,
     SlotBook,
@@ -81,6 +82,7 @@ def _projection(sc: Scenario, plans: dict[str, ProductPlan], plant_open: float, 
             tuple(planning_duration(s.duration, q) for s in sc.products[name].steps),
             tuple(s.operators for s in sc.products[name].steps),
             plan.suite_first, plan.suite_last,
+            tuple(planning_duration(s.duration, max(q, LATE_QUANTILE)) for s in sc.products[name].steps),
         )
         for name, plan in plans.items() if plan.suite_first is not None
     }

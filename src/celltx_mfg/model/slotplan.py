@@ -34,6 +34,7 @@ EPS = 1e-9
 RESCHEDULE_LIMIT_DAYS = 3650  # a moved start ignores the booking horizon: the patient keeps priority
 _tie = itertools.count()
 _QUANTILE_DRAWS = 4001
+LATE_QUANTILE = 0.95  # an overdue step is assumed to end at this quantile of its duration
 
 
 _PLANNING: dict[tuple[Distribution, float], float] = {}
@@ -180,6 +181,7 @@ class ProductTiming:
     operators: tuple[int, ...]
     first: int
     last: int
+    late: tuple[float, ...] = ()  # a late duration per step: what an overdue step is assumed to take
 
 
 class SuiteProjection:
@@ -262,15 +264,19 @@ class SuiteProjection:
 
     def remaining(self, slot: SlotBooking, now: float) -> float:
         """Re-estimate of a running batch's clear time: its current step ends when it will, once that is
-        within the notice; before then no earlier than planned nor within the notice. The rest of its
-        steps as planned."""
+        within the notice; before then no earlier than planned nor within the notice, and once overdue
+        against the plan, late (so one overrun moves the next start once, not day by day). The rest of
+        its steps as planned."""
         timing = self.products[slot.product]
         if slot.step < 0:
             t, i = now, 0
         elif slot.step_end - now <= self.notice:  # in-process results show when the step will end
             t, i = max(now, slot.step_end), slot.step + 1
-        else:  # only that it will not end within the notice
-            t, i = max(now + self.notice, slot.step_start + timing.durations[slot.step]), slot.step + 1
+        else:  # only that it will not end within the notice; once overdue, assume a late end
+            planned = slot.step_start + timing.durations[slot.step]
+            if now + self.notice > planned and timing.late:
+                planned = slot.step_start + timing.late[slot.step]
+            t, i = max(now + self.notice, planned), slot.step + 1
         if slot.estimate[0] != (i, t):  # the same state walks to the same end: keep the last one
             slot.estimate = ((i, t), self.clear_after(self._walk(timing, i, timing.last + 1, t), slot.infectious))
         return slot.estimate[1]
