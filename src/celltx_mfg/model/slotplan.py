@@ -34,6 +34,7 @@ EPS = 1e-9
 RESCHEDULE_LIMIT_DAYS = 3650  # a moved start ignores the booking horizon: the patient keeps priority
 _tie = itertools.count()
 _QUANTILE_DRAWS = 4001
+NEVER = 1e7  # days: a projection past this is "not free again" (scenario horizons are at most 36,500 days)
 LATE_QUANTILE = 0.95  # an overdue step is assumed to end at this quantile of its duration
 
 
@@ -57,7 +58,9 @@ def planning_duration(dist: Distribution, q: float) -> float:
 
 
 def _quantile(dist: Distribution, q: float) -> float:
-    return float(np.quantile(dist.draw(np.random.default_rng(20270104), _QUANTILE_DRAWS), q))
+    with np.errstate(all="ignore"):
+        value = float(np.quantile(dist.draw(np.random.default_rng(20270104), _QUANTILE_DRAWS), q))
+    return value if math.isfinite(value) else math.inf  # durations near 1e308 overflow: never done
 
 
 class _Cancelled(Exception):
@@ -227,6 +230,8 @@ class SuiteProjection:
     def _walk(self, timing: ProductTiming, i0: int, i1: int, t: float) -> float:
         for i in range(i0, i1):
             d = timing.durations[i]
+            if t + d > NEVER:  # beyond any horizon: the suite is not planned free again
+                return math.inf
             if timing.operators[i]:
                 t = self.cal.next_start(t, d)
             t += d
@@ -235,6 +240,8 @@ class SuiteProjection:
     def clear_after(self, released: float, infectious: bool) -> float:
         """When a suite given back at ``released`` is projected clear for the next donor."""
         d = self.clearance + (self.decontamination if infectious else 0.0)
+        if released + d > NEVER:
+            return math.inf
         if self.clearance_operators:
             released = self.cal.next_start(released, d)
         return released + d
@@ -248,7 +255,7 @@ class SuiteProjection:
         if slot.step_end - self.notice <= now:
             timing = self.products[slot.product]
             t, i = max(now, slot.step_end), slot.step + 1
-            if i <= timing.last and timing.operators[i]:
+            if i <= timing.last and timing.operators[i] and t < NEVER:
                 t = self.cal.next_start(t, timing.durations[i])
             return max(now + EPS, t)
         planned = slot.step_start + self.products[slot.product].durations[slot.step]
@@ -574,6 +581,8 @@ class SlotBook:
     def _review_at(self, slot: SlotBooking, t: float) -> None:
         """Put the batch on the review of the first morning at or after ``t``."""
         slot.review_at = t
+        if t > NEVER:
+            return  # nothing new can be known inside any horizon
         day = math.ceil(t)
         due = self._reviews.get(day)
         if due is None:
