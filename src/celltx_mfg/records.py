@@ -78,7 +78,7 @@ class ResourceUse(NamedTuple):
     unit: str
     coi: str | None
     batch_no: str | None
-    activity: str  # step name, "line_clearance", "qc:<test>", "qa_review"
+    activity: str  # step name, "line_clearance", "qc:<test>", "qa_review", "start" or "rescheduled" (a slot)
     requested: float
     start: float
     end: float
