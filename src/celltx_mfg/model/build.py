@@ -83,6 +83,8 @@ def _projection(sc: Scenario, plans: dict[str, ProductPlan], plant_open: float, 
             tuple(s.operators for s in sc.products[name].steps),
             plan.suite_first, plan.suite_last,
             tuple(planning_duration(s.duration, max(q, LATE_QUANTILE)) for s in sc.products[name].steps),
+            tuple(i + 1 < len(plan.acquire) and not plan.acquire[i + 1] and not sc.products[name].steps[i + 1].operators
+                  for i in range(len(plan.acquire))),
         )
         for name, plan in plans.items() if plan.suite_first is not None
     }

@@ -185,6 +185,7 @@ class ProductTiming:
     first: int
     last: int
     late: tuple[float, ...] = ()  # a late duration per step: what an overdue step is assumed to take
+    follows: tuple[bool, ...] = ()  # per step: the next step starts the moment it ends (no staff, no units)
 
 
 class SuiteProjection:
@@ -260,6 +261,12 @@ class SuiteProjection:
             return max(now + EPS, t)
         planned = slot.step_start + self.products[slot.product].durations[slot.step]
         return max(now + EPS, min(planned, slot.step_end) - self.notice)
+
+    def starts_next_at_once(self, slot: SlotBooking) -> bool:
+        """The step after the current one begins when it ends (or the suite is given back then), so a
+        review at its end would learn nothing the next step's start does not report."""
+        timing = self.products[slot.product]
+        return slot.step >= timing.last or (bool(timing.follows) and timing.follows[slot.step])
 
     def first_review(self, slot: SlotBooking) -> float:
         """A step just begun is first reviewed at its end if that is known at once, else when it is due
@@ -441,20 +448,23 @@ class SlotBook:
         return False
 
     def _place(self, slot: SlotBooking, d: int, cal: SuiteCalendar | None, s: float, e: float) -> None:
+        self._place_days(slot, d)
+        if cal is not None:
+            cal.prune(self.env.now)
+            slot.suite = SuiteBooking(cal, s, e, slot)
+            cal.add(slot.suite)
+
+    def _place_days(self, slot: SlotBooking, d: int) -> None:
+        """Book the start day ``d`` and its chair day, and count them in the months' quotas."""
         slot.day, slot.aph_day = d, d - self.lead
         self.starts.book(d)
         slot.chairs.book(slot.aph_day)
         for book in (slot.quota, self.month):
             if book is not None:
                 book.book(d)
-        if cal is not None:
-            cal.prune(self.env.now)
-            slot.suite = SuiteBooking(cal, s, e, slot)
-            cal.add(slot.suite)
 
-    def _unplace(self, slot: SlotBooking) -> None:
-        """Give back what the booking holds and has not used: the start and chair (if still ahead), the
-        month's counts, the suite booking."""
+    def _unplace_days(self, slot: SlotBooking) -> None:
+        """Give back the start and chair days still ahead, and their months' counts."""
         today = math.floor(self.env.now)
         if slot.day >= today:
             self.starts.cancel(slot.day)
@@ -463,6 +473,11 @@ class SlotBook:
                     book.cancel(slot.day)
         if slot.aph_day >= today:
             slot.chairs.cancel(slot.aph_day)
+
+    def _unplace(self, slot: SlotBooking) -> None:
+        """Give back what the booking holds and has not used: the start and chair (if still ahead), the
+        month's counts, the suite booking."""
+        self._unplace_days(slot)
         if slot.suite is not None:
             cal = slot.suite.calendar
             if slot.suite in cal.items:
@@ -519,7 +534,9 @@ class SlotBook:
         step overdue against the plan, or its end inside the notice."""
         slot.step, slot.step_start, slot.step_end = step, t, end
         if slot.suite is not None and not slot.done and self.projection is not None:
-            self._review_at(slot, self.projection.first_review(slot))
+            review = self.projection.first_review(slot)
+            if review < end or not self.projection.starts_next_at_once(slot):  # else its successor reports
+                self._review_at(slot, review)
 
     def suite_for(self, slot: SlotBooking, free_now: Callable[[str], bool]) -> str | None:
         """The suite a batch ready for processing asks for: its booked one, or, when that is still busy
