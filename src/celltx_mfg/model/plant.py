@@ -156,7 +156,10 @@ class DayBook:
         return o
 
     def free(self, day: int) -> bool:
-        return self.per_day > 0 and self.is_open(day) and self.booked.get(day, 0) < self.per_day
+        o = self._open_days.get(day)  # is_open, inlined: booking searches ask this for every day they try
+        if o is None:
+            o = self.is_open(day)
+        return o and self.per_day > 0 and self.booked.get(day, 0) < self.per_day
 
     def book(self, day: int) -> None:
         self.booked[day] = self.booked.get(day, 0) + 1

@@ -140,6 +140,22 @@ class SuitePlan:
     def __init__(self, names: list[str]) -> None:
         self.calendars = [SuiteCalendar(n) for n in names]
 
+    def has_room(self, lo: float, hi: float, length: float) -> bool:
+        """Whether some suite has a free stretch of ``length`` days starting in [lo, hi]: a cheap necessary
+        condition that spares a search of every day when the plan is full."""
+        for c in self.calendars:
+            items = c.items
+            if not items or items[-1].end <= hi:
+                return True
+            if items[0].start - max(lo, -math.inf) >= length and items[0].start >= lo + length:
+                return True
+            for a, b in zip(items, itertools.islice(items, 1, None), strict=False):
+                if a.end > hi:
+                    break
+                if b.start - max(a.end, lo) >= length:
+                    return True
+        return False
+
     def find(self, start: float, end: float, free_now: Callable[[str], bool] | None = None,
              upto: int | None = None) -> SuiteCalendar | None:
         """The suite projected free for [start, end) that leaves the least idle time before it (best fit
@@ -206,6 +222,11 @@ class SuiteProjection:
         self.fixed_days = fixed_days
         self.notice = notice  # days ahead a running step's end becomes known (in-process monitoring)
         self._cache: dict[tuple[str, str, bool, int], tuple[float, float]] = {}
+        self._bounds: dict[tuple[str, str, bool], tuple[float, float, float]] = {}
+        self._weeks: dict[tuple[str, str, bool], list[tuple[float, float]]] = {}
+        # no booking is shorter than this: its suite steps end to end, then line clearance
+        spans = [sum(t.durations[t.first:t.last + 1]) for t in products.values()]
+        self.min_span = fixed_days if fixed_days is not None else min(spans, default=0.0) + self.clearance
 
     def interval(self, product: str, site: str, day: int, infectious: bool) -> tuple[float, float]:
         """[may take the suite, projected clear) of a batch booked to start on ``day``."""
@@ -227,6 +248,27 @@ class SuiteProjection:
             start = t
         end = self.clear_after(self._walk(timing, timing.first, timing.last + 1, t), infectious)
         return start - day, end - day
+
+    def offsets(self, product: str, site: str, infectious: bool) -> list[tuple[float, float]]:
+        """The occupancy offsets from the start day for each weekday (``day % 7``)."""
+        key = (product, site, infectious)
+        week = self._weeks.get(key)
+        if week is None:
+            for d in range(7):
+                self.interval(product, site, d, infectious)
+            week = self._weeks[key] = [self._cache[(product, site, infectious, d)] for d in range(7)]
+        return week
+
+    def bounds(self, product: str, site: str, infectious: bool) -> tuple[float, float, float]:
+        """(least and greatest start offset from the start day, shortest occupancy) over the weekdays."""
+        key = (product, site, infectious)
+        b = self._bounds.get(key)
+        if b is None:
+            spans = [self.interval(product, site, d, infectious) for d in range(7)]
+            offsets = [s - d for d, (s, _) in enumerate(spans)]
+            b = (min(offsets), max(offsets), min(e - s for s, e in spans))
+            self._bounds[key] = b
+        return b
 
     def _walk(self, timing: ProductTiming, i0: int, i1: int, t: float) -> float:
         for i in range(i0, i1):
@@ -409,6 +451,7 @@ class SlotBook:
         self.on_reschedule: Rescheduled | None = None
         self._waitlist: list[tuple[Any, int, SlotBooking]] = []
         self._reviews: dict[int, list[tuple[float, SlotBooking]]] = {}  # morning -> batches to review
+        self._queued = False  # patients joined the waitlist since it was last served
         env.process(self._morning_round())
 
     # ------------------------------------------------------------------ booking
@@ -421,12 +464,20 @@ class SlotBook:
             slot.event.succeed(slot)
             return slot.event
         heapq.heappush(self._waitlist, (slot.priority, next(_tie), slot))
+        self._queued = True
         return slot.event
 
     def _search(self, slot: SlotBooking, first: int, last: int) -> bool:
         """Book the first day in [first, last] that passes every rule; False (nothing booked) if none."""
         today = math.floor(self.env.now)
         starts, chairs, quota, month, reserve = self.starts, slot.chairs, slot.quota, self.month, self.reserve
+        offsets: list[tuple[float, float]] = []
+        if slot.plan is not None:
+            assert self.projection is not None
+            lo, hi, length = self.projection.bounds(slot.product, slot.site, slot.infectious)
+            if not slot.plan.has_room(first + lo - 1e-6, last + hi + 1e-6, length - 1e-6):
+                return False
+            offsets = self.projection.offsets(slot.product, slot.site, slot.infectious)
         for d in range(first, last + 1):
             if not (starts.free(d) and chairs.free(d - self.lead)):
                 continue
@@ -438,8 +489,8 @@ class SlotBook:
             if slot.plan is None:
                 self._place(slot, d, None, 0.0, 0.0)
                 return True
-            assert self.projection is not None  # a suite plan comes with its projection
-            s, e = self.projection.interval(slot.product, slot.site, d, slot.infectious)
+            off = offsets[d % 7]
+            s, e = d + off[0], d + off[1]  # = projection.interval(...), its weekly offsets read once
             n = len(slot.plan.calendars)
             cal = slot.plan.find(s, e, upto=reserve.open_part(n) if held else n)  # type: ignore[union-attr]
             if cal is not None:
@@ -485,8 +536,10 @@ class SlotBook:
             slot.suite = None
 
     def serve_waitlist(self) -> None:
+        self._queued = False
         keep = []
         full: set[tuple[int, int, str, bool, bool]] = set()  # searches that found nothing this round
+        booked: dict[tuple[int, int, str, bool, bool], int] = {}  # the day the same search last booked
         today = math.floor(self.env.now)
         first, last = today + 1 + self.lead, math.floor(self.env.now + self.horizon)
         while self._waitlist:
@@ -494,12 +547,14 @@ class SlotBook:
             slot = item[2]
             if slot.event.triggered:
                 continue
-            # a failed search books nothing, so the same search for the next patient fails too: skip it
+            # a failed search books nothing, so the same search for the next patient fails too: skip it;
+            # a booking only takes capacity, so the same search starts again from the day it booked
             key = (id(slot.chairs), id(slot.quota), slot.product, slot.infectious, slot.reserved_ok)
-            if key in full or not self._search(slot, first, last):
+            if key in full or not self._search(slot, booked.get(key, first), last):
                 full.add(key)
                 keep.append(item)
             else:
+                booked[key] = slot.day
                 slot.event.succeed(slot)
         for item in keep:
             heapq.heappush(self._waitlist, item)
@@ -593,7 +648,18 @@ class SlotBook:
                 self._extend(sb, end)
             else:
                 sb.end = end
+                if not self._queued and not self._opens_room(sb):
+                    return  # nothing the waitlist could use: the last serve's answer stands
         self.serve_waitlist()
+
+    def _opens_room(self, sb: SuiteBooking) -> bool:
+        """Whether the time after a shortened booking, up to the next one on its suite, could hold a batch."""
+        cal = sb.calendar
+        i = cal.index(sb)
+        if i + 1 >= len(cal.items):
+            return True
+        assert self.projection is not None
+        return cal.items[i + 1].start - sb.end >= self.projection.min_span - EPS
 
     def _review_at(self, slot: SlotBooking, t: float) -> None:
         """Put the batch on the review of the first morning at or after ``t``."""
