@@ -22,8 +22,8 @@ WALL_CLOCK = {("scenario", "created"), ("run", "started"), ("run", "finished"), 
               ("correction", "time"), ("correction", "digest")}
 
 GOLDEN = {
-    "run": "1d59dc7acab01145850b19fec33aeea13ba5dd7337ebb362cc12fa3d132aa144",
-    "sweep": "7b947ef0be4345774c42fb9ad3d1c2d262a03468fbce55391efd850aa9e9e280",
+    "run": "ea01ae8658c97216aa18fa1a54eb616510a30abd3765cb41267cf9f1e8d21b8f",
+    "sweep": "5489bd10aa161a4eae19a2432f11db23cc7abf25ee0f516fe2d3d8033c29697b",
 }
 
 
