@@ -293,14 +293,14 @@ def test_plan_rejects_bad_requirements(daily_csv: Path) -> None:
 # ------------------------------------------------------------------------------ sequential precision
 def test_precision_stops_at_the_first_replication_count_meeting_the_target(tiny: tuple[Any, str]) -> None:
     sc, text = tiny
-    target = {"vein_to_vein_days.mean": 0.5}
+    target = {"vein_to_vein_days.mean": 0.3}
     one = ex.run_replications(sc, text, 5, precision=target, max_replications=40)
     two = ex.run_replications(sc, text, 5, jobs=2, precision=target, max_replications=40)
     assert _no_ids(one) == _no_ids(two)  # the stopping point does not depend on jobs
     n = len(one)
     assert 5 < n < 40
     hw = lambda m: ex.half_widths(_no_ids(one)[:m], list(target))["vein_to_vein_days.mean"]  # noqa: E731
-    assert hw(n) <= 0.5 and all(hw(m) > 0.5 for m in range(5, n))
+    assert hw(n) <= 0.3 and all(hw(m) > 0.3 for m in range(5, n))
     assert _no_ids(one) == _no_ids(ex.run_replications(sc, text, n))  # the same runs as a fixed-N experiment
     capped = ex.run_replications(sc, text, 2, precision={"vein_to_vein_days.mean": 1e-6}, max_replications=5)
     assert len(capped) == 5

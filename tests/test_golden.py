@@ -1,9 +1,7 @@
 """Same seed, same database: a digest of every stored value, recorded before the architecture change.
 
 Wall-clock columns (when a run started, finished, when a scenario was first stored) and the run seal that
-folds them in are left out, and so are the keyed seals (ledger heads, release signatures, key ids: each
-test session has its own key); everything the model produced, and every per-row digest of the batch log,
-is in.
+folds them in are left out; everything the model produced, and every per-row digest of the batch log, is in.
 A change that alters results for the same seed must bump the version, add a CHANGELOG line and record the
 new digest here.
 """
@@ -21,13 +19,11 @@ from celltx_mfg.cli import app
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 WALL_CLOCK = {("scenario", "created"), ("run", "started"), ("run", "finished"), ("run", "digest"),
-              ("correction", "time"), ("correction", "digest"), ("ledger", "time"), ("ledger", "digest")}
-KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id"),
-         ("release_signature", "signature")}
+              ("correction", "time"), ("correction", "digest")}
 
 GOLDEN = {
-    "run": "7c0201b051b68f0606910106c2667108d9d0041e0f50d325862040d5db0f5fba",
-    "sweep": "3975fb77513de1ea35c098df305e3a2d12bac60ecb093ff0bd743064cad37542",
+    "run": "ea01ae8658c97216aa18fa1a54eb616510a30abd3765cb41267cf9f1e8d21b8f",
+    "sweep": "5489bd10aa161a4eae19a2432f11db23cc7abf25ee0f516fe2d3d8033c29697b",
 }
 
 
@@ -40,7 +36,7 @@ def db_digest(path: Path) -> str:
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         for t in tables:
             cols = sorted(r[1] for r in con.execute(f'PRAGMA table_info("{t}")'))
-            keep = [c for c in cols if (t, c) not in WALL_CLOCK | KEYED]
+            keep = [c for c in cols if (t, c) not in WALL_CLOCK]
             h.update(f"{t}:{','.join(keep)}\n".encode())
             sel = ", ".join(f'"{c}"' for c in keep)
             for line in sorted(repr(row) for row in con.execute(f'SELECT {sel} FROM "{t}"')):

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from celltx_mfg.records import RunRecords
+from celltx_mfg.records import HOLD_LOSS_CAUSES, RunRecords, cause_of
 
 DAYS_PER_YEAR = 365.25
 DEFAULT_TARGET_DAYS = 28.0
@@ -41,7 +41,7 @@ FAILED_STATUSES = ("failed", "expired")
 # Batch statuses whose journey goes on past the horizon (the product may still be shipped or infused).
 OPEN_BATCH_STATUSES = ("in_progress", "released")
 # KPI groups whose members are counts: a member missing from one run means zero there, not "unknown".
-COUNT_MAPS = frozenset({"deviations", "lost_by_stage", "failed_by_reason"})
+COUNT_MAPS = frozenset({"deviations", "lost_by_stage", "failed_by_reason", "hold_losses_by_cause"})
 # Where a patient can be when lost (the stages model/ moves a patient through; "unknown" when not recorded).
 LOST_STAGES = (
     "referred", "waiting_for_slot", "apheresis", "inbound_transit", "waiting_for_suite", "manufacturing",
@@ -60,7 +60,10 @@ KPI_GROUP_KEYS: dict[str, tuple[str, ...]] = {
     "deviations": SEVERITIES,
     "lost_by_stage": LOST_STAGES,
     "failed_by_reason": FAILURE_REASONS,
+    "hold_losses_by_cause": (*HOLD_LOSS_CAUSES, "unknown"),
 }
+HOLD_LIMIT = "starting_material_hold_exceeded"  # the deviation kind of fresh material past its hold limit
+RESCHEDULED = "rescheduled"  # activity of the manufacturing_slot record of a start moved before collection
 # the record tables `kpis` reads: a reader that only needs KPIs loads just these
 KPI_TABLES = ("patients", "batches", "resource_uses", "resources", "deviations")
 
@@ -246,6 +249,10 @@ def kpis(
     - ``deviations`` {severity: count} of deviations with time in W (minor, major, critical always there).
     - ``lost_by_stage`` {lost_stage: count} over lost patients of C ("unknown" when not recorded).
     - ``oos_released`` = batches of B flagged oos that were released; ``recalls`` = batches of B recalled.
+    - ``slot_reschedules`` = manufacturing_slot records with activity ``rescheduled`` of patients of C
+      (a booked start moved before collection because its suite would not be free).
+    - ``hold_losses_by_cause`` {cause: count} of hold-limit deviations (``starting_material_hold_exceeded``)
+      of batches of B, by the cause their detail names ("unknown" when it names none).
     Percentiles use numpy's linear method.
     """
     f = _one_run_tables(frames, horizon, warmup)
@@ -267,6 +274,20 @@ def kpis(
         "oos_released": int((_flag(batches, "oos") & np.isfinite(_num(batches, "released"))).sum()),
         "recalls": int(_flag(batches, "recalled").sum()),
         "wip_mean": _wip_average(f, warmup, horizon),
+        **_slot_plan_counts(f["resource_uses"], f["deviations"], set(cohort["coi"])),
+    }
+
+
+def _slot_plan_counts(uses: pd.DataFrame, deviations: pd.DataFrame, cohort: set[Any]) -> dict[str, Any]:
+    """How the slot plan fared for the cohort: starts it moved before collection, and fresh material lost
+    at the hold limit anyway, by cause."""
+    moved = (_text(uses, "activity").to_numpy(dtype=object) == RESCHEDULED) & uses["coi"].isin(cohort).to_numpy()
+    holds = deviations[(_text(deviations, "kind").to_numpy(dtype=object) == HOLD_LIMIT)
+                       & deviations["coi"].isin(cohort).to_numpy()]
+    causes = [cause_of(str(d)) or "unknown" for d in holds["detail"]]
+    return {
+        "slot_reschedules": int(moved.sum()),
+        "hold_losses_by_cause": {c: causes.count(c) for c in dict.fromkeys(causes)},
     }
 
 

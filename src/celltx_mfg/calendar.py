@@ -74,8 +74,12 @@ class Calendar:
         if ws <= t and t + need <= we + tol and t < we + tol:
             return t
         day = math.floor(t) - 1  # a night shift from yesterday may still be running
+        cache = self._cache
         for d in range(day, day + 15):
-            for ws, we in self._windows_of_day(d):
+            windows = cache.get(d)
+            if windows is None:
+                windows = self._windows_of_day(d)
+            for ws, we in windows:
                 start = ws if ws > t else t
                 if start + need <= we + tol and start < we + tol:
                     self._last[0], self._last[1] = ws, we

@@ -114,6 +114,10 @@ class Site(_Model):
         "scheduling once the release date is known (days)",
     )
     calendar: str = Field(default="clinic", description="working days of the site's clinic")
+    slots_per_month: int | None = Field(
+        default=None, ge=1, le=1_000_000_000,
+        description="manufacturing starts allocated to this centre per calendar month (slot booking)",
+    )
 
 
 class Demand(_Model):
@@ -170,6 +174,33 @@ class Referral(NamedTuple):
     urgency: str | None = None
 
 
+class UrgentReserve(_Model):
+    """Capacity held back for urgent patients, as manufacturers run it: a share of each week's starts
+    that only the listed classes may book, released to everyone ``release_days`` before the start."""
+
+    share: float = Field(gt=0, le=1, description="share of each week's starts reserved for the listed classes")
+    release_days: float = Field(
+        default=7, ge=0, le=365, description="days before the start at which an unused reserved start is released"
+    )
+    classes: list[str] = Field(default_factory=lambda: ["urgent"], min_length=1,
+                               description="urgency classes that may book reserved starts")
+
+
+class Remanufacture(_Model):
+    """What a patient whose batch failed gets: whether a new collection is tried at all, and its place in
+    the slot book."""
+
+    share: float = Field(
+        default=1.0, ge=0, le=1,
+        description="share of failed batches (attempts left) whose patient is re-collected and re-manufactured",
+    )
+    priority: Literal["first", "by_urgency"] = Field(
+        default="first",
+        description="first: ahead of every first attempt; by_urgency: ranked like a first attempt",
+    )
+    urgent_reserve: bool = Field(default=True, description="may book starts of booking.urgent_reserve")
+
+
 class Booking(_Model):
     """How patients get a manufacturing start."""
 
@@ -191,9 +222,24 @@ class Booking(_Model):
     max_attempts: int = Field(default=2, ge=1, le=100, description="manufacturing attempts per patient")
     planned_suite_days: float | None = Field(
         default=None, gt=0, le=3650,
-        description="days a suite is reserved per booked start (default: the process's mean suite "
-        "occupancy plus clearance, plus one day of slack, rounded up)",
+        description="fixed days a suite is reserved per booked start (default: projected from the step "
+        "template on the operators' calendar, line clearance included)",
     )
+    plan_quantile: float = Field(
+        default=0.5, gt=0, lt=1,
+        description="quantile of each step's duration the suite plan projects with (a planner's margin)",
+    )
+    progress_notice_days: float = Field(
+        default=0.0, ge=0, le=365,
+        description="days before a running step ends that the plan knows when (in-process monitoring)",
+    )
+    starts_per_month: int | None = Field(
+        default=None, ge=1, le=1_000_000_000, description="manufacturing starts offered per calendar month"
+    )
+    urgent_reserve: UrgentReserve | None = Field(
+        default=None, description="a share of each week's starts held back for urgent patients"
+    )
+    remanufacture: Remanufacture = Field(default_factory=Remanufacture)
 
 
 class Resources(_Model):
@@ -611,6 +657,29 @@ def check_queue_needs_cryopreserved(sc: Scenario) -> list[CrossProblem]:
     return []
 
 
+def check_reserve_classes(sc: Scenario) -> list[CrossProblem]:
+    """The urgent reserve is held for urgency classes that referrals can have."""
+    r = sc.booking.urgent_reserve
+    if r is None:
+        return []
+    known = sorted(sc.demand.urgency_mix)
+    return [
+        CrossProblem("booking.urgent_reserve.classes", f"unknown urgency class {c!r}; demand.urgency_mix has {known}")
+        for c in r.classes
+        if c not in sc.demand.urgency_mix
+    ]
+
+
+def check_slot_rules_need_slots(sc: Scenario) -> list[CrossProblem]:
+    """Monthly quotas and the urgent reserve ration booked starts, which only slot booking has."""
+    if sc.booking.mode == "slot":
+        return []
+    b, why = sc.booking, "needs booking.mode: slot (collect_then_queue books no starts)"
+    fields = [("booking.starts_per_month", b.starts_per_month), ("booking.urgent_reserve", b.urgent_reserve)]
+    fields += [(f"sites.{s.name}.slots_per_month", s.slots_per_month) for s in sc.sites]
+    return [CrossProblem(where, why) for where, value in fields if value is not None]
+
+
 CROSS_CHECKS: tuple[CrossCheck, ...] = (
     check_warmup,
     check_demand_window,
@@ -627,6 +696,8 @@ CROSS_CHECKS: tuple[CrossCheck, ...] = (
     check_qc_qa_staffed,
     check_conditional_tests,
     check_queue_needs_cryopreserved,
+    check_reserve_classes,
+    check_slot_rules_need_slots,
 )
 """Cross-field rules in the order their problems are reported; a new rule is one function added here."""
 

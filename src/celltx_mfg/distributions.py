@@ -99,7 +99,12 @@ class Triangular(_Dist):
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.low == self.high:
             return np.full(n, self.low)
-        return rng.triangular(self.low, self.mode, self.high, n)
+        with np.errstate(all="ignore"):
+            out = rng.triangular(self.low, self.mode, self.high, n)
+        if not np.isfinite(out).all():  # numpy overflows for ranges near 1e308: draw on [0, 1] and scale
+            c = (self.mode - self.low) / (self.high - self.low)
+            out = self.low + (self.high - self.low) * rng.triangular(0.0, c, 1.0, n)
+        return out
 
 
 class Normal(_MeanDist):

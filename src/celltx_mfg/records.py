@@ -8,6 +8,7 @@ also carry ``batch_no`` (``<coi>-A<attempt>``), so a record can never be attribu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import NamedTuple
 
 
@@ -77,7 +78,7 @@ class ResourceUse(NamedTuple):
     unit: str
     coi: str | None
     batch_no: str | None
-    activity: str  # step name, "line_clearance", "qc:<test>", "qa_review"
+    activity: str  # step name, "line_clearance", "qc:<test>", "qa_review", "start" or "rescheduled" (a slot)
     requested: float
     start: float
     end: float
@@ -92,6 +93,33 @@ class QCResult(NamedTuple):
     result_time: float
     result: str  # pass | fail
     required_for_release: bool  # needed before release under the policy in force
+
+
+class HoldLossCause(Enum):
+    """Why fresh material missed its hold limit (rule 3), as its deviation record states it (``detail``
+    ends with ``; cause: <value>``)."""
+
+    TRANSIT_DELAY = "transit_delay"  # received too late to start on shift within the limit
+    START_AFTER_HOLD = "start_after_hold"  # the booked start itself lies past the limit (lead too long)
+    SUITE_LOST_LATE = "suite_lost_late"  # the booked suite was still busy after collection (an overrun)
+    SUITE_QUEUE = "suite_queue"  # no slot plan: the material queued for any suite
+    EQUIPMENT_BUSY = "equipment_busy"  # other equipment of the first step was busy
+    STAFF_UNAVAILABLE = "staff_unavailable"  # units in hand, but no operators on shift in time
+
+
+HOLD_LOSS_CAUSES = tuple(c.value for c in HoldLossCause)
+_CAUSE = "; cause: "
+
+
+def with_cause(detail: str, cause: HoldLossCause) -> str:
+    """A hold-limit deviation's detail with its cause, in the one form ``cause_of`` reads back."""
+    return f"{detail}{_CAUSE}{cause.value}"
+
+
+def cause_of(detail: str) -> str | None:
+    """The cause named in a deviation's detail (``with_cause``), None when it names none."""
+    _, sep, cause = detail.rpartition(_CAUSE)
+    return cause if sep else None
 
 
 class Deviation(NamedTuple):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 import simpy
 
@@ -18,10 +18,12 @@ from . import rules
 from .build import build_plant
 from .entities import Batch, Outcome, Patient
 from .plant import StaffPool, UnitPool
+from .slotplan import SlotBooking
 
 Proc = Generator[simpy.Event, Any, Any]
 INF = math.inf
 Priority = tuple[int, int, float]  # re-manufacture first, then urgency class, then referral time
+RESCHEDULED = "rescheduled"  # activity of the manufacturing_slot record of a start moved before collection
 
 
 class ModelBase:
@@ -31,6 +33,8 @@ class ModelBase:
         self.sc = sc
         self.env = simpy.Environment()
         self.streams = Streams(seed)
+        self._stream_of = self.streams._streams  # the streams by name, read without a call on hot paths
+        self._step_streams: dict[tuple[str, int], tuple[Stream, Stream | None]] = {}
         self.rec = RunRecords(sc.name, seed, replication, sc.horizon_days, sc.warmup_days)
         self.record = Recorder(self.rec)
         plant = build_plant(self.env, sc)
@@ -41,7 +45,8 @@ class ModelBase:
         self.starts, self.slotbook = plant.starts, plant.slotbook
         self.chairs, self.infusion_slots, self.open_hour = plant.chairs, plant.infusion_slots, plant.open_hour
         self.plans, self.plant_open = plant.plans, plant.plant_open
-        self.suite_plans, self.reserve_days = plant.suite_plans, plant.reserve_days
+        self.suite_plans, self.uses_suite, self.site_quotas = plant.suite_plans, plant.uses_suite, plant.site_quotas
+        self.slotbook.on_reschedule = self.rescheduled
         self.required_tests = rules.tests_required_for_release(sc.qc, sc.release)
         self.urgency_order = {u: i for i, u in enumerate(sc.booking.urgency_order)}
         self.open_holds: dict[tuple[str, str], tuple[str, str, str, float, float]] = {}
@@ -52,7 +57,17 @@ class ModelBase:
 
     # ------------------------------------------------------------------ helpers
     def stream(self, source: str, dist: Any = None) -> Stream:
-        return self.streams.get(source, dist)
+        return self._stream_of.get(source) or self.streams.get(source, dist)
+
+    def step_streams(self, product: str, i: int, step: Any) -> tuple[Stream, Stream | None]:
+        """A product step's duration and failure streams (looked up on every step: kept by index)."""
+        key = (product, i)
+        pair = self._step_streams.get(key)
+        if pair is None:
+            fail = None if step.failure is None else self.stream(f"fail:{product}:{step.name}")
+            pair = (self.stream(f"step:{product}:{step.name}", step.duration), fail)
+            self._step_streams[key] = pair
+        return pair
 
     def deviation(self, b: Batch | None, p: Patient | None, kind: str, severity: str, stage: str,
                   detail: str) -> float | None:
@@ -98,8 +113,10 @@ class ModelBase:
                                      requested, start, self.env.now)
 
     def priority(self, p: Patient, b: Batch) -> Priority:
-        """Re-manufacture first (the patient has waited once already), then urgency class, then arrival."""
-        return (0 if b.attempt > 1 else 1, p.urgency_rank, p.referred)
+        """Re-manufacture first (the patient has waited once already) unless the scenario ranks it like a
+        first attempt, then urgency class, then arrival."""
+        first = b.attempt > 1 and self.sc.booking.remanufacture.priority == "first"
+        return (0 if first else 1, p.urgency_rank, p.referred)
 
 
     def ship(self, p: Patient, b: Batch, leg: str, origin: str, destination: str, transit: float, condition: str,
@@ -125,6 +142,14 @@ class ModelBase:
                        f"{leg} transit {transit:.2f} d > shipper hold {self.sc.gmp.shipper_hold_days:g} d")
         b.status, b.failure_reason = "failed", f"{leg}_excursion"
         return Outcome.RECOLLECT
+
+    def rescheduled(self, slot: SlotBooking, old_day: int) -> None:
+        """A booked start moved before collection: the batch gets its new day and the slot given up is
+        recorded (a zero-length manufacturing_slot use, activity ``rescheduled``, at the old day)."""
+        b = cast(Batch, slot.owner)
+        b.slot_day = float(slot.day)
+        self.record.resource_use("manufacturing_slot", "slot", b.coi, b.batch_no, RESCHEDULED, self.env.now,
+                                 float(old_day), float(old_day))
 
     def pool_for(self, p: Patient, kind: str) -> UnitPool:
         if kind == "suite":

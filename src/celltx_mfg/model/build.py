@@ -10,7 +10,17 @@ import simpy
 
 from ..calendar import Calendar
 from ..config import Process, Scenario
-from .plant import DayBook, SlotBook, StaffPool, SuitePlan, UnitPool
+from .plant import DayBook, StaffPool, UnitPool
+from .slotplan import (
+    LATE_QUANTILE,
+    MonthBook,
+    ProductTiming,
+    SlotBook,
+    SuitePlan,
+    SuiteProjection,
+    UrgentReserve,
+    planning_duration,
+)
 
 
 class ProductPlan:
@@ -29,10 +39,9 @@ class ProductPlan:
                 if kind in s.hold_until:
                     until[kind] = max(until[kind], names.index(s.hold_until[kind]))
             self.release[i] = [k for k, last in until.items() if last == i]
-        # planned suite occupancy: mean time of the steps that hold the suite
-        first = next((i for i, a in enumerate(self.acquire) if "suite" in a), None)
-        last = next((i for i, r in enumerate(self.release) if "suite" in r), len(proc.steps) - 1)
-        self.suite_days = 0.0 if first is None else sum(s.duration.mean() for s in proc.steps[first : last + 1])
+        # the steps that hold the suite, from taking it to giving it back
+        self.suite_first = next((i for i, a in enumerate(self.acquire) if "suite" in a), None)
+        self.suite_last = max((i for i, r in enumerate(self.release) if "suite" in r), default=len(proc.steps) - 1)
 
 
 @dataclass(eq=False)
@@ -53,7 +62,8 @@ class Plant:
     plans: dict[str, ProductPlan]
     plant_open: float  # operators' first shift hour, fraction of a day
     suite_plans: dict[bool, SuitePlan]  # keyed by "infectious donor"
-    reserve_days: dict[str, int]  # suite days a slot reserves, per product
+    uses_suite: dict[str, bool]  # per product: does a booked start reserve a suite
+    site_quotas: dict[str, MonthBook]  # centres with a monthly slot allocation
 
 
 def _first_open(cal: Calendar) -> float:
@@ -64,14 +74,30 @@ def _units(env: simpy.Environment, kind: str, prefix: str, n: int) -> UnitPool:
     return UnitPool(env, kind, [f"{prefix}{i + 1}" for i in range(n)])
 
 
-def _reserve_days(sc: Scenario, plans: dict[str, ProductPlan]) -> dict[str, int]:
-    """A slot reserves the suite for the planned occupancy plus line clearance and a day's margin."""
-    clearance = sc.gmp.line_clearance.mean()
-    planned = sc.booking.planned_suite_days
-    return {
-        name: (0 if plan.suite_days == 0 else math.ceil(planned or plan.suite_days + clearance + 1))
-        for name, plan in plans.items()
+def _projection(sc: Scenario, plans: dict[str, ProductPlan], plant_open: float, lead: int) -> SuiteProjection:
+    """The planner's view of a booking's suite occupancy: every duration at the plan quantile."""
+    q = sc.booking.plan_quantile
+    timings = {
+        name: ProductTiming(
+            tuple(planning_duration(s.duration, q) for s in sc.products[name].steps),
+            tuple(s.operators for s in sc.products[name].steps),
+            plan.suite_first, plan.suite_last,
+            tuple(planning_duration(s.duration, max(q, LATE_QUANTILE)) for s in sc.products[name].steps),
+            tuple(i + 1 < len(plan.acquire) and not plan.acquire[i + 1] and not sc.products[name].steps[i + 1].operators
+                  for i in range(len(plan.acquire))),
+        )
+        for name, plan in plans.items() if plan.suite_first is not None
     }
+    arrival = {
+        s.name: _first_open(sc.calendar(s.calendar)) + planning_duration(s.apheresis_duration, q)
+        + planning_duration(s.inbound_transit, q)
+        for s in sc.sites
+    }
+    gmp = sc.gmp
+    clearance = (planning_duration(gmp.line_clearance, q), planning_duration(gmp.infectious_decontamination, q),
+                 gmp.clearance_operators)
+    return SuiteProjection(sc.calendar(sc.resources.operators.calendar), plant_open, lead, timings, arrival, clearance,
+                           sc.booking.planned_suite_days, sc.booking.progress_notice_days)
 
 
 def build_plant(env: simpy.Environment, sc: Scenario) -> Plant:
@@ -88,8 +114,15 @@ def build_plant(env: simpy.Environment, sc: Scenario) -> Plant:
     operators = StaffPool(env, "operators", r.operators.count, sc.calendar(r.operators.calendar))
     analysts = StaffPool(env, "qc_analysts", r.qc_analysts.count, sc.calendar(r.qc_analysts.calendar))
     reviewers = StaffPool(env, "qa_reviewers", r.qa_reviewers.count, sc.calendar(r.qa_reviewers.calendar))
-    starts = DayBook(sc.booking.starts_per_day, sc.calendar(sc.booking.start_calendar))
-    slotbook = SlotBook(env, starts, math.ceil(sc.booking.apheresis_lead_days), sc.booking.horizon_days)
+    b = sc.booking
+    starts = DayBook(b.starts_per_day, sc.calendar(b.start_calendar))
+    lead = math.ceil(b.apheresis_lead_days)
+    plant_open = _first_open(operators.calendar)
+    plans = {name: ProductPlan(p) for name, p in sc.products.items()}
+    projection = _projection(sc, plans, plant_open, lead)
+    month = None if b.starts_per_month is None else MonthBook(b.starts_per_month, sc.start_date)
+    reserve = None if b.urgent_reserve is None else UrgentReserve(b.urgent_reserve.share, b.urgent_reserve.release_days)
+    slotbook = SlotBook(env, starts, lead, b.horizon_days, projection, month, reserve)
     chairs: dict[str, DayBook] = {}
     infusion_slots: dict[str, DayBook] = {}
     open_hour: dict[str, float] = {}
@@ -98,9 +131,9 @@ def build_plant(env: simpy.Environment, sc: Scenario) -> Plant:
         chairs[s.name] = DayBook(s.apheresis_per_day, cal)
         infusion_slots[s.name] = DayBook(s.infusion_slots_per_day, cal)
         open_hour[s.name] = _first_open(cal)
-    plans = {name: ProductPlan(p) for name, p in sc.products.items()}
+    quotas = {s.name: MonthBook(s.slots_per_month, sc.start_date) for s in sc.sites if s.slots_per_month is not None}
     return Plant(
         suites, dedicated, pools, operators, analysts, reviewers, starts, slotbook, chairs, infusion_slots,
-        open_hour, plans, _first_open(operators.calendar),
-        {False: SuitePlan(general), True: SuitePlan(r.dedicated_suites)}, _reserve_days(sc, plans),
+        open_hour, plans, plant_open, {False: SuitePlan(suites.units), True: SuitePlan(dedicated.units)},
+        {name: plan.suite_first is not None for name, plan in plans.items()}, quotas,
     )

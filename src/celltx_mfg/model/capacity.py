@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from ..calendar import Calendar
 from ..config import Scenario
-from .build import ProductPlan, _reserve_days
+from .build import ProductPlan, _first_open, _projection
 
 
 class KindCapacity(NamedTuple):
@@ -79,12 +79,31 @@ def _starts(sc: Scenario) -> KindCapacity:
     return KindCapacity("manufacturing_slot", starts, nominal, effective, rule)
 
 
+def _reserve_days(sc: Scenario) -> dict[str, int]:
+    """Whole days a booked start keeps its suite from anyone else, per product that uses one: the fixed
+    ``booking.planned_suite_days`` when set, else the slot plan's own projection (step template on the
+    operators' calendar, line clearance included), averaged over the sites and the start weekdays."""
+    plans = {name: ProductPlan(p) for name, p in sc.products.items()}
+    planned = sc.booking.planned_suite_days
+    if planned is not None:
+        return {name: math.ceil(planned) for name, plan in plans.items() if plan.suite_first is not None}
+    plant_open = _first_open(sc.calendar(sc.resources.operators.calendar))
+    projection = _projection(sc, plans, plant_open, math.ceil(sc.booking.apheresis_lead_days))
+    start_cal = sc.calendar(sc.booking.start_calendar)
+    weekdays = [d for d in range(7) if _open(start_cal, d)] or [0]
+    out = {}
+    for name in projection.products:
+        spans = [projection.interval(name, site.name, d, False)[1] - d for site in sc.sites for d in weekdays]
+        out[name] = math.ceil(sum(spans) / len(spans))
+    return out
+
+
 def _suites(sc: Scenario) -> KindCapacity:
     n = sc.resources.suites
     unit_days = float(n * (sc.horizon_days - sc.warmup_days))
     if sc.booking.mode != "slot":
         return KindCapacity("suite", n, unit_days, unit_days, "")
-    reserve = _reserve_days(sc, {name: ProductPlan(p) for name, p in sc.products.items()})
+    reserve = _reserve_days(sc)
     if not any(reserve.values()):
         return KindCapacity("suite", n, unit_days, unit_days, "")
     shown = ", ".join(f"{d}" for d in dict.fromkeys(reserve.values()) if d)

@@ -4,13 +4,13 @@ the inbound chain-of-custody handover, receipt and quarantine until the booked s
 from __future__ import annotations
 
 import math
-from typing import cast
 
 from ..config import Site
 from . import rules
 from .base import INF, ModelBase, Proc
 from .entities import Batch, Outcome, Patient
 from .plant import DayBook
+from .slotplan import SlotBooking
 
 
 class Collection(ModelBase):
@@ -23,17 +23,32 @@ class Collection(ModelBase):
         booking = yield from self.book_collection(p, b, chairs)
         if booking is None:
             return Outcome.ABANDONED
-        req, aph_day = booking
-        alive = yield from self.wait_until(p, max(self.env.now, aph_day + self.open_hour[site.name]))
+        slot, aph_day = booking
+        alive = yield from self.wait_for_apheresis(p, b, slot, aph_day)
         if not alive:
-            self.cancel_collection(p, b, chairs, req, aph_day)
+            self.cancel_collection(b, chairs, slot, aph_day)
             return Outcome.ABANDONED
+        if slot is not None:
+            slot.collected = True
+            aph_day = slot.aph_day
         yield from self.apheresis(p, b, site, aph_day)
         return (yield from self.inbound(p, b, site))
 
+    def wait_for_apheresis(self, p: Patient, b: Batch, slot: SlotBooking | None, aph_day: int) -> Proc:
+        """Wait for the chair day. In slot mode the plan confirms the booked suite first; a start it moved
+        (its suite will not be free) means waiting for the new day. False when the patient drops out."""
+        open_hour = self.open_hour[p.site.name]
+        while True:
+            day = aph_day if slot is None else slot.aph_day
+            alive = yield from self.wait_until(p, max(self.env.now, day + open_hour))
+            if not alive or slot is None:
+                return alive
+            if slot.aph_day == day and self.slotbook.confirm(slot):  # not moved while waiting, nor now
+                return True
+
     def book_collection(self, p: Patient, b: Batch, chairs: DayBook) -> Proc:
         """Slot mode: wait for a manufacturing start (and the chair it comes with) unless the patient
-        drops out first. Otherwise the site's next free chair. Returns (slot request or None, chair day)."""
+        drops out first. Otherwise the site's next free chair. Returns (slot booking or None, chair day)."""
         env = self.env
         if self.sc.booking.mode != "slot":
             if chairs.calendar.always:
@@ -42,31 +57,40 @@ class Collection(ModelBase):
                 aph_day = chairs.first_free(math.floor(env.now) + 1)
             chairs.book(aph_day)
             return None, aph_day
-        days = self.reserve_days[p.product]
-        plan = self.suite_plans[p.infectious] if days else None
-        req = self.slotbook.request(chairs, self.priority(p, b), plan, days)
+        slot = self.slot_request(p, b, chairs)
+        req = self.slotbook.request(slot)
         if not req.triggered:
             if p.dropout_at < INF:
                 yield req | env.timeout(max(0.0, p.dropout_at - env.now))
             else:
                 yield req
         if not req.triggered:
-            self.cancel_collection(p, b, chairs, req, None)
+            self.slotbook.cancel(slot)
             self.lose(p, "dropout", p.dropout_at)
             return None
-        start_day, aph_day = cast(tuple[int, int], req.value)  # (manufacturing start, chair day)
         if p.slot_booked is None:
             p.slot_booked = env.now
-        b.slot_day = float(start_day)
-        b.plan, b.plan_end = plan, start_day + days
-        return req, aph_day
+        b.slot_day = float(slot.day)
+        b.slot = slot
+        return slot, slot.aph_day
 
-    def cancel_collection(self, p: Patient, b: Batch, chairs: DayBook, req: object, aph_day: int | None) -> None:
-        """The patient left before apheresis: the slot request (and its start, chair and suite days still
-        ahead) or the chair booking goes back."""
-        if req is not None:
-            self.slotbook.cancel(req, chairs, b.plan, self.reserve_days[p.product])  # type: ignore[arg-type]
-            b.plan = None
+    def slot_request(self, p: Patient, b: Batch, chairs: DayBook) -> SlotBooking:
+        """What the slot book must find for this batch: its centre's chair and quota, a suite of the right
+        kind (when the product uses one), and whether it may book the urgent reserve."""
+        bk = self.sc.booking
+        reserve = bk.urgent_reserve
+        reserved_ok = reserve is not None and (
+            p.urgency in reserve.classes or (b.attempt > 1 and bk.remanufacture.urgent_reserve)
+        )
+        plan = self.suite_plans[p.infectious] if self.uses_suite[p.product] else None
+        return SlotBooking(self.env.event(), self.priority(p, b), p.product, p.site.name, chairs,
+                           self.site_quotas.get(p.site.name), plan, p.infectious, reserved_ok, b)
+
+    def cancel_collection(self, b: Batch, chairs: DayBook, slot: SlotBooking | None, aph_day: int | None) -> None:
+        """The patient left before apheresis: the booked start (with its chair and suite booking) or the
+        chair booking goes back."""
+        if slot is not None:
+            self.slotbook.cancel(slot)
         elif aph_day is not None:
             chairs.cancel(aph_day)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import Site
 from ..records import BatchRecord
-from .plant import SuitePlan
+from .slotplan import SlotBooking
 
 
 class Outcome(Enum):
@@ -95,8 +95,7 @@ class Batch:
     oos: bool = False
     recalled: bool = False
     held: dict[str, list[Any]] = field(default_factory=dict)  # kind -> [unit, requested, start, first step]
-    plan: SuitePlan | None = None  # suite reservation in the slot book
-    plan_end: int = 0  # first day after the reservation
+    slot: SlotBooking | None = None  # the booked start (slot mode)
 
     @classmethod
     def for_attempt(cls, p: Patient, attempt: int) -> Batch:

@@ -114,9 +114,15 @@ class Model(Collection, Manufacture, Release, Delivery):
                 b.status = "abandoned"
             if outcome is not Outcome.RECOLLECT:
                 return
-            if p.attempts >= self.sc.booking.max_attempts:
+            if p.attempts >= self.sc.booking.max_attempts or not self.remanufactured():
                 self.lose(p, "manufacturing_failure")
                 return
+
+    def remanufactured(self) -> bool:
+        """Whether a failed batch's patient gets another collection: not all do (too ill for a second
+        apheresis, bridging or a different therapy chosen); the scenario states the share."""
+        share = self.sc.booking.remanufacture.share
+        return share >= 1.0 or self.stream("remanufacture").sample() < share
 
     def attempt(self, p: Patient, b: Batch) -> Proc:
         """One batch through the stages; the first stage that does not go on ends the attempt."""

@@ -10,6 +10,7 @@ from typing import NoReturn, cast
 from simpy import Event
 
 from ..config import Step
+from ..records import HoldLossCause, with_cause
 from . import rules
 from .base import ModelBase, Priority, Proc
 from .build import ProductPlan
@@ -18,14 +19,10 @@ from .plant import UnitPool
 
 
 class Manufacture(ModelBase):
-    def end_reservation(self, b: Batch) -> None:
-        """The suite is back (or never needed): give the rest of its reservation to the slot book."""
-        if b.plan is not None:
-            tomorrow = math.floor(self.env.now) + 1
-            if b.plan_end > tomorrow:
-                b.plan.book(tomorrow, b.plan_end - tomorrow, -1)
-            b.plan = None
-            self.slotbook.serve_waitlist()
+    def end_reservation(self, b: Batch, processed: bool = False) -> None:
+        """The suite is back (or never needed): the plan projects it clear after line clearance (when it
+        was processed in) and gives the rest of the booking to the slot book."""
+        self.slotbook.release(b.slot, processed)
 
     def release_held(self, p: Patient, b: Batch, kinds: list[str], processed: bool = True) -> None:
         for kind in kinds:
@@ -38,7 +35,7 @@ class Manufacture(ModelBase):
             else:
                 pool.release(unit)
             if kind == "suite":
-                self.end_reservation(b)
+                self.end_reservation(b, processed)
 
     def line_clearance(self, pool: UnitPool, unit: str, b: Batch, infectious: bool) -> Proc:
         """Clearance, cleaning and second-person verification before the next donor (rule 6); extra
@@ -98,7 +95,7 @@ class Manufacture(ModelBase):
         ready = env.now
         for kind in kinds:
             pool = self.pool_for(p, kind)
-            ev = pool.request(prio)
+            ev = pool.request(prio, self.booked_unit(b, kind, pool))
             if not ev.triggered:
                 yield from self.wait_for_unit(p, b, kind, pool, ev, deadline, first)
             unit = cast(str, ev.value)  # a granted request carries the unit name
@@ -127,34 +124,67 @@ class Manufacture(ModelBase):
             raise BatchStopped(Outcome.LOST, "abandoned", "patient_lost", processed=False)
         self.hold_exceeded_waiting(p, b, kind)
 
+    def booked_unit(self, b: Batch, kind: str, pool: UnitPool) -> str | None:
+        """The suite the slot plan booked for this batch (another free one if it was lost late); any unit
+        of other kinds, or without a plan."""
+        if kind != "suite" or b.slot is None:
+            return None
+        return self.slotbook.suite_for(b.slot, pool.is_free)
+
     def hold_exceeded_waiting(self, p: Patient, b: Batch, kind: str) -> NoReturn:
         assert b.apheresis_end is not None
         dev = rules.starting_material_hold(self.sc.gmp, b.apheresis_end, self.env.now + 1e-6)
         assert dev is not None  # the deadline has passed
-        self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", f"{dev.detail} waiting for a {kind}")
+        if kind != "suite":
+            cause = HoldLossCause.EQUIPMENT_BUSY
+        elif b.slot is None:
+            cause = HoldLossCause.SUITE_QUEUE
+        else:
+            cause = HoldLossCause.SUITE_LOST_LATE
+        self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite",
+                       with_cause(f"{dev.detail} waiting for a {kind}", cause))
         raise BatchStopped(Outcome.RECOLLECT, "failed", "starting_material_hold_exceeded", processed=False)
+
+    def hold_loss_cause(self, b: Batch, duration: float) -> HoldLossCause:
+        """Why fresh material that got its units missed its hold limit: it arrived too late to start on
+        shift in time (transit), its booked start was already too late (the lead exceeds the hold), its
+        suite came later than the material (lost late, or queued without a plan) and with it the day's
+        operators, or the operators were busy."""
+        assert b.apheresis_end is not None and b.received is not None
+        deadline = b.apheresis_end + self.sc.gmp.fresh_hold_limit_hours / 24.0
+        cal = self.operators.calendar
+        if cal.next_start(b.received, duration) > deadline + 1e-9:
+            return HoldLossCause.TRANSIT_DELAY
+        if b.slot_day is not None and cal.next_start(b.slot_day + self.plant_open, duration) > deadline + 1e-9:
+            return HoldLossCause.START_AFTER_HOLD
+        held = b.held.get("suite")
+        late = held is not None and held[2] > (b.ready or 0.0) + 1e-9  # the suite came after the material
+        if late and (b.slot is None or b.slot.lost_late):
+            return HoldLossCause.SUITE_QUEUE if b.slot is None else HoldLossCause.SUITE_LOST_LATE
+        return HoldLossCause.STAFF_UNAVAILABLE
 
     def run_step(self, p: Patient, b: Batch, i: int, step: Step, plan: ProductPlan, prio: Priority,
                  deadline: float | None) -> Proc:
-        env, sc = self.env, self.sc
+        env = self.env
         ready = yield from self.acquire_units(p, b, step, plan.acquire[i], prio, deadline, first=i == 0)
-        dur = self.stream(f"step:{p.product}:{step.name}", step.duration).sample()
-        # fresh starting material is on the clock: its first step goes ahead of routine work
-        urgent = i == 0 and sc.gmp.starting_material == "fresh"
+        durations, failures = self.step_streams(p.product, i, step)
+        dur = durations.sample()
         if step.operators:
-            yield from self.operators.acquire(step.operators, dur, (0 if urgent else 1, *prio))
+            yield from self.operators.acquire(step.operators, dur, (self.staff_rank(b, i, plan), *prio))
         start = env.now
         if i == 0:
-            stop = self.first_step_check(p, b, start)
+            stop = self.first_step_check(p, b, start, dur)
             if stop is not None:
                 self.operators.release(step.operators)
                 raise stop
+        if b.slot is not None:
+            self.slotbook.started(b.slot, i, start, start + dur)
         yield env.timeout(dur)
         if step.operators:
             self.operators.release(step.operators)
             self.staff_use(self.operators, step.operators, b, step.name, ready, start)
         failure = step.failure
-        failed = failure is not None and self.stream(f"fail:{p.product}:{step.name}").sample() < failure.probability
+        failed = failure is not None and failures is not None and failures.sample() < failure.probability
         units = ";".join(f"{k}:{v[0]}" for k, v in b.held.items())
         self.record.step(p.coi, b.batch_no, step.name, i, ready, start, env.now, units, step.operators, step.open,
                          "failed" if failed else "ok")
@@ -165,13 +195,21 @@ class Manufacture(ModelBase):
             self.step_failure(p, b, step)
         self.release_held(p, b, plan.release[i])
 
-    def first_step_check(self, p: Patient, b: Batch, start: float) -> BatchStopped | None:
+    def staff_rank(self, b: Batch, i: int, plan: ProductPlan) -> int:
+        """Operators go first to fresh starting material (it is on the clock), then to the step that gives
+        a planned suite back (the next booked batch waits for it), then to routine work."""
+        if i == 0 and self.sc.gmp.starting_material == "fresh":
+            return 0
+        return 1 if b.slot is not None and i == plan.suite_last else 2
+
+    def first_step_check(self, p: Patient, b: Batch, start: float, duration: float) -> BatchStopped | None:
         """Starting material past its hold limit, or the patient gone, stops the batch before processing."""
         sc = self.sc
         assert b.apheresis_end is not None
         dev = rules.starting_material_hold(sc.gmp, b.apheresis_end, start)
         if dev is not None:
-            self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", dev.detail)
+            detail = with_cause(dev.detail, self.hold_loss_cause(b, duration))
+            self.deviation(b, p, dev.kind, dev.severity, "waiting_for_suite", detail)
             if sc.gmp.on_hold_exceeded == "recollect":
                 return BatchStopped(Outcome.RECOLLECT, "failed", "starting_material_hold_exceeded", processed=False)
         if not self.enter(p, "manufacturing"):

@@ -1,5 +1,6 @@
 """The plant's finite resources: unit pools (suites, incubators, devices, freezers), staff on shifts, and
-the day books that ration manufacturing starts, apheresis chairs and infusion slots.
+the day books that ration manufacturing starts, apheresis chairs and infusion slots (the slot plan that
+books suites is model/slotplan.py).
 
 Nothing here knows about patients beyond an opaque priority key; the journey decides what to ask for.
 """
@@ -10,7 +11,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Generator
-from typing import Any, cast
+from typing import Any
 
 import simpy
 
@@ -32,21 +33,33 @@ class UnitPool:
         self.units = list(units)
         self._free: list[str] = list(units)
         self._waiting: list[tuple[Any, int, simpy.Event]] = []
+        self._named: dict[str, list[tuple[Any, int, simpy.Event]]] = {}  # waiting for one named unit
 
-    def request(self, priority: Any = 0) -> simpy.Event:
+    def request(self, priority: Any = 0, unit: str | None = None) -> simpy.Event:
+        """Any free unit, or the named ``unit`` (a suite the slot plan booked for this batch)."""
         ev = self.env.event()
-        if self._free and not self._waiting:
+        if unit is not None:
+            if unit in self._free:
+                self._free.remove(unit)
+                ev.succeed(unit)
+            else:
+                heapq.heappush(self._named.setdefault(unit, []), (priority, next(_tie), ev))
+        elif self._free and not self._waiting:
             ev.succeed(self._free.pop(0))
         else:
             heapq.heappush(self._waiting, (priority, next(_tie), ev))
         return ev
 
+    def is_free(self, unit: str) -> bool:
+        return unit in self._free
+
     def release(self, unit: str) -> None:
-        while self._waiting:
-            _, _, ev = heapq.heappop(self._waiting)
-            if not ev.triggered:  # a cancelled request is skipped
-                ev.succeed(unit)
-                return
+        for queue in (self._named.get(unit), self._waiting):
+            while queue:
+                _, _, ev = heapq.heappop(queue)
+                if not ev.triggered:  # a cancelled request is skipped
+                    ev.succeed(unit)
+                    return
         self._free.append(unit)
 
     def cancel(self, ev: simpy.Event) -> None:
@@ -60,7 +73,8 @@ class UnitPool:
 
     @property
     def queue_length(self) -> int:
-        return sum(1 for *_, ev in self._waiting if not ev.triggered)
+        waiting = itertools.chain(self._waiting, *self._named.values())
+        return sum(1 for *_, ev in waiting if not ev.triggered)
 
 
 class _Cancelled(Exception):
@@ -110,8 +124,9 @@ class StaffPool:
             start = self.calendar.next_start(self.env.now, duration)
             if start > self.env.now:
                 yield self.env.timeout(start - self.env.now)
+            asked = self.env.now  # a start that fits the shift
             yield self._get(n, priority)
-            if self.calendar.next_start(self.env.now, duration) == self.env.now:
+            if self.env.now == asked or self.calendar.next_start(self.env.now, duration) == self.env.now:
                 return requested
             self.release(n)  # the shift ended while we queued: hand back, wait for the next one
 
@@ -141,7 +156,10 @@ class DayBook:
         return o
 
     def free(self, day: int) -> bool:
-        return self.per_day > 0 and self.is_open(day) and self.booked.get(day, 0) < self.per_day
+        o = self._open_days.get(day)  # is_open, inlined: booking searches ask this for every day they try
+        if o is None:
+            o = self.is_open(day)
+        return o and self.per_day > 0 and self.booked.get(day, 0) < self.per_day
 
     def book(self, day: int) -> None:
         self.booked[day] = self.booked.get(day, 0) + 1
@@ -157,104 +175,3 @@ class DayBook:
 
     def open_days(self, t0: float, t1: float) -> int:
         return sum(1 for d in range(math.floor(t0), math.ceil(t1)) if self.is_open(d))
-
-
-class SuitePlan:
-    """Suites reserved ahead, day by day: a slot is a start *in a suite*, so the book only offers a day
-    when a suite is free for the whole planned occupancy (the manufacturer's own capacity plan)."""
-
-    def __init__(self, suites: int) -> None:
-        self.suites = suites
-        self.reserved: dict[int, int] = {}
-
-    def free(self, day: int, days: int) -> bool:
-        return all(self.reserved.get(d, 0) < self.suites for d in range(day, day + days))
-
-    def book(self, day: int, days: int, delta: int = 1) -> None:
-        for d in range(day, day + days):
-            self.reserved[d] = self.reserved.get(d, 0) + delta
-
-
-class SlotBook:
-    """The manufacturer's slot book: a referred patient waits for a start date with a free start, a
-    suite reserved for the planned occupancy and a free apheresis chair ``lead`` days before, so fresh
-    material never queues at the plant.
-
-    Requests that find nothing inside the booking horizon join a waitlist, served in priority order each
-    morning and whenever capacity is freed.
-    """
-
-    def __init__(self, env: simpy.Environment, starts: DayBook, lead_days: int, horizon_days: float) -> None:
-        self.env = env
-        self.starts = starts
-        self.lead = lead_days
-        self.horizon = horizon_days
-        self._waitlist: list[tuple[Any, int, simpy.Event, DayBook, SuitePlan | None, int]] = []
-        env.process(self._morning_round())
-
-    def request(self, chairs: DayBook, priority: Any, plan: SuitePlan | None = None, days: int = 0) -> simpy.Event:
-        """An event whose value is (start day, apheresis day) once booked."""
-        ev = self.env.event()
-        if not self._waitlist and self._try(ev, chairs, plan, days):
-            return ev
-        heapq.heappush(self._waitlist, (priority, next(_tie), ev, chairs, plan, days))
-        return ev
-
-    def _try(self, ev: simpy.Event, chairs: DayBook, plan: SuitePlan | None, days: int) -> bool:
-        first_apheresis = math.floor(self.env.now) + 1
-        for d in range(first_apheresis + self.lead, math.floor(self.env.now + self.horizon) + 1):
-            a = d - self.lead
-            if self.starts.free(d) and chairs.free(a) and (plan is None or plan.free(d, days)):
-                self.starts.book(d)
-                chairs.book(a)
-                if plan is not None:
-                    plan.book(d, days)
-                ev.succeed((d, a))
-                return True
-        return False
-
-    def serve_waitlist(self) -> None:
-        keep = []
-        full: set[tuple[int, int, int]] = set()  # (chairs, suite plan, days) that found nothing this round
-        while self._waitlist:
-            item = heapq.heappop(self._waitlist)
-            ev = item[2]
-            if ev.triggered:
-                continue
-            # a failed search books nothing, so the same search for the next patient fails too: skip it
-            key = (id(item[3]), id(item[4]), item[5])
-            if key in full or not self._try(ev, item[3], item[4], item[5]):
-                full.add(key)
-                keep.append(item)
-        for item in keep:
-            heapq.heappush(self._waitlist, item)
-
-    def cancel(self, ev: simpy.Event, chairs: DayBook, plan: SuitePlan | None = None, days: int = 0,
-               from_day: int | None = None) -> None:
-        """Give back what is not yet used: the start and chair (if still ahead) and the suite reservation
-        from ``from_day`` on; or leave the waitlist."""
-        if ev.triggered:
-            d, a = cast(tuple[int, int], ev.value)
-            today = math.floor(self.env.now)
-            if d >= today:
-                self.starts.cancel(d)
-            if a >= today:
-                chairs.cancel(a)
-            if plan is not None:
-                start = max(d, today if from_day is None else from_day)
-                if start < d + days:
-                    plan.book(start, d + days - start, -1)
-            self.serve_waitlist()
-        else:
-            ev.fail(_Cancelled())
-            ev.defused = True
-
-    @property
-    def waitlist_length(self) -> int:
-        return sum(1 for it in self._waitlist if not it[2].triggered)
-
-    def _morning_round(self) -> Generator[simpy.Event, Any, None]:
-        while True:
-            yield self.env.timeout(math.floor(self.env.now) + 1 - self.env.now)
-            if self._waitlist:
-                self.serve_waitlist()

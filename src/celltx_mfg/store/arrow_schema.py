@@ -107,7 +107,7 @@ _MEANINGS: dict[str, str] = {
     "deviation.kind": "Kind of deviation.",
     "deviation.severity": "Deviation severity.",
     "deviation.stage": "Process stage where it happened.",
-    "deviation.detail": "Free-text description.",
+    "deviation.detail": "Free-text description; a hold-limit deviation ends with '; cause: <cause>'.",
     "deviation.closed": "Deviation closed by QA.",
     "shipment.direction": "Inbound: apheresis material to the plant; outbound: product to the treatment site.",
     "shipment.origin": "Where the shipment leaves from.",
