@@ -1,7 +1,9 @@
 """Same seed, same database: a digest of every stored value, recorded before the architecture change.
 
 Wall-clock columns (when a run started, finished, when a scenario was first stored) and the run seal that
-folds them in are left out; everything the model produced, and every per-row digest of the batch log, is in.
+folds them in are left out, and so are the keyed seals (ledger heads, release signatures, key ids: each
+test session has its own key); everything the model produced, and every per-row digest of the batch log,
+is in.
 A change that alters results for the same seed must bump the version, add a CHANGELOG line and record the
 new digest here.
 """
@@ -19,11 +21,13 @@ from celltx_mfg.cli import app
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 WALL_CLOCK = {("scenario", "created"), ("run", "started"), ("run", "finished"), ("run", "digest"),
-              ("correction", "time"), ("correction", "digest")}
+              ("correction", "time"), ("correction", "digest"), ("ledger", "time"), ("ledger", "digest")}
+KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id"),
+         ("release_signature", "signature")}
 
 GOLDEN = {
-    "run": "ea01ae8658c97216aa18fa1a54eb616510a30abd3765cb41267cf9f1e8d21b8f",
-    "sweep": "5489bd10aa161a4eae19a2432f11db23cc7abf25ee0f516fe2d3d8033c29697b",
+    "run": "6b533aaebfeb737fe58e7c4442b3709d82150186b6a75024a6dbc5689c12017c",
+    "sweep": "ec7736608bd29de2fb8c5df1f9244b4327d965daa268aaf96658c3621b2e701e",
 }
 
 
@@ -36,7 +40,7 @@ def db_digest(path: Path) -> str:
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         for t in tables:
             cols = sorted(r[1] for r in con.execute(f'PRAGMA table_info("{t}")'))
-            keep = [c for c in cols if (t, c) not in WALL_CLOCK]
+            keep = [c for c in cols if (t, c) not in WALL_CLOCK | KEYED]
             h.update(f"{t}:{','.join(keep)}\n".encode())
             sel = ", ".join(f'"{c}"' for c in keep)
             for line in sorted(repr(row) for row in con.execute(f'SELECT {sel} FROM "{t}"')):
