@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+import celltx_mfg
 from celltx_mfg import store
 from celltx_mfg.records import (
     BatchRecord,
@@ -203,7 +204,7 @@ def test_runs_listed_with_meta_and_scenario_stored_once(engine) -> None:
     meta = store.load_run_meta(engine, b)
     assert (meta["horizon"], meta["warmup"], meta["seed"], meta["replication"]) == (120.0, 20.0, 12, 1)
     assert meta["costs"] == {"materials": 125000.0, "labour": 38250.5, "qc": 9800.0}
-    assert meta["scenario_text"] == SCENARIO_YAML and meta["package_version"] == "0.1.0"
+    assert meta["scenario_text"] == SCENARIO_YAML and meta["package_version"] == celltx_mfg.__version__
     assert store.scenario_text(engine, int(scen.loc[1, "id"])).endswith("# suites: 3\n")
     assert store.scenario_text(engine, "two-suite plant").endswith("# suites: 3\n")  # newest under the name
     with pytest.raises(StoreError):
