@@ -391,7 +391,12 @@ def render(results: dict[str, dict[str, Any]], qrows: list, lrows: list, reps: i
       "rejected about 5% of collections, because the slot book reserved suites as a count per day for 14 days "
       "while 18% of suite holds ran longer. The price of planning honestly is capacity: starts can only be "
       "booked where a suite is projected clear by the start day's shift, so the baseline's slot wait is "
-      "longer than before. REF 2 gives no hold-limit figure; the UK panel's 38 failures in 981 patients "
+      "longer than before, and what remains open: at 400 referrals a year the baseline is at the slot plan's "
+      "start capacity (about 380-430 starts a year against about 420 needed, measured while building it), so "
+      "over multi-year horizons its waitlist grows (mean slot wait about 7 d in year 1, 80-135 d by years 3-4). "
+      "A suite freed on a Friday waits for the next Wednesday start; clearance on the harvest day or weekend "
+      "cover would change that, but they are process and staffing choices the baseline does not source, so "
+      "they are not assumed (`celltx bottleneck` names the suite). REF 2 gives no hold-limit figure; the UK panel's 38 failures in 981 patients "
       "(3.9%) are of all causes, so the remainder here is in proportion.")
     w(f"- **Re-manufacture** ({brm:.1%} of the baseline's patients, against the UK panel's 2.1%): not every "
       "failure is re-collected (the panel re-manufactured 21 of 38; `booking.remanufacture.share` 0.55), and "
