@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,25 @@ def baseline_small() -> tuple[Scenario, str]:
     return shrink(SCENARIOS / "baseline.yaml")
 
 from tests.pgserver import pg_server, pg_url  # noqa: E402,F401  (PostgreSQL fixtures)
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax: 256k, 1m) mounted at ``folder/tiny`` for a full-disk test (root
+    only); skips where mounting is not allowed, and always unmounts."""
+    mnt = folder / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

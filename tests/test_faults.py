@@ -29,7 +29,7 @@ from celltx_mfg import store
 from celltx_mfg.cli import app
 from celltx_mfg.store import StoreError, open_store
 
-from .conftest import SCENARIOS
+from .conftest import SCENARIOS, mounted_tmpfs
 from .reliability import note, store_problems
 
 pytest_plugins = ["tests.conftest_reliability"]
@@ -272,18 +272,8 @@ def test_verify_a_read_only_archive(short: Path, tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MB tmpfs mounted for the test (root only); skipped where mounting is not allowed."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "1m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_full_disk(short: Path, tiny_disk: Path) -> None:

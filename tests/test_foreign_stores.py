@@ -29,7 +29,7 @@ from celltx_mfg import store
 from celltx_mfg.cli import app
 from celltx_mfg.store import StoreError, open_store
 
-from .conftest import short_baseline_file
+from .conftest import mounted_tmpfs, short_baseline_file
 from .reliability import note, store_problems
 
 pytest_plugins = ["tests.conftest_reliability"]
@@ -393,18 +393,8 @@ def test_export_file_is_whole_or_absent(db: Path, tmp_path: Path, monkeypatch: p
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KB tmpfs mounted for the test (root only); skipped where mounting is not allowed."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "256k") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_export_onto_a_full_disk(db: Path, tiny_disk: Path) -> None:
