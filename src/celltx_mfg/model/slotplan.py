@@ -147,13 +147,17 @@ class SuitePlan:
             items = c.items
             if not items or items[-1].end <= hi:
                 return True
-            if items[0].start - max(lo, -math.inf) >= length and items[0].start >= lo + length:
+            first = items[0].start
+            if first - lo >= length and first >= lo + length:
                 return True
-            for a, b in zip(items, itertools.islice(items, 1, None), strict=False):
-                if a.end > hi:
+            a_end = items[0].end  # bookings never overlap: their ends rise, so stop at one ending after hi
+            for k in range(1, len(items)):
+                if a_end > hi:
                     break
-                if b.start - max(a.end, lo) >= length:
+                b = items[k]
+                if b.start - (a_end if a_end > lo else lo) >= length:
                     return True
+                a_end = b.end
         return False
 
     def find(self, start: float, end: float, free_now: Callable[[str], bool] | None = None,
