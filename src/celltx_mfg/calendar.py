@@ -69,7 +69,9 @@ class Calendar:
         if self.always:
             return t
         need = duration if duration < self.longest else self.longest
-        tol = _fit_tolerance(t + 15.0)  # the windows looked at end within fifteen days of t
+        tol = abs(t + 15.0) * _FIT_RELATIVE  # = _fit_tolerance(t + 15.0), inlined (staff ask this for every task):
+        if tol < _FIT_TOLERANCE:  # the windows looked at end within fifteen days of t
+            tol = _FIT_TOLERANCE
         ws, we = self._last  # most asks fall in the shift found last time
         if ws <= t and t + need <= we + tol and t < we + tol:
             return t

@@ -146,20 +146,14 @@ class DayBook:
         self.per_day = per_day
         self.calendar = calendar
         self.booked: dict[int, int] = {}
-        self._open_days: dict[int, bool] = {}
+        # open or not by day % 7 (the calendar repeats weekly): booking searches ask for every day they try
+        self.week = tuple(calendar.always or (calendar.start_weekday + k) % 7 in calendar.days for k in range(7))
 
     def is_open(self, day: int) -> bool:
-        o = self._open_days.get(day)
-        if o is None:
-            o = self.calendar.always or ((self.calendar.start_weekday + day) % 7 in self.calendar.days)
-            self._open_days[day] = o
-        return o
+        return self.week[day % 7]
 
     def free(self, day: int) -> bool:
-        o = self._open_days.get(day)  # is_open, inlined: booking searches ask this for every day they try
-        if o is None:
-            o = self.is_open(day)
-        return o and self.per_day > 0 and self.booked.get(day, 0) < self.per_day
+        return self.week[day % 7] and self.per_day > 0 and self.booked.get(day, 0) < self.per_day
 
     def book(self, day: int) -> None:
         self.booked[day] = self.booked.get(day, 0) + 1

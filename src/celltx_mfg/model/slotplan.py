@@ -147,13 +147,17 @@ class SuitePlan:
             items = c.items
             if not items or items[-1].end <= hi:
                 return True
-            if items[0].start - max(lo, -math.inf) >= length and items[0].start >= lo + length:
+            first = items[0].start
+            if first - lo >= length and first >= lo + length:
                 return True
-            for a, b in zip(items, itertools.islice(items, 1, None), strict=False):
-                if a.end > hi:
+            a_end = items[0].end  # bookings never overlap: their ends rise, so stop at one ending after hi
+            for k in range(1, len(items)):
+                if a_end > hi:
                     break
-                if b.start - max(a.end, lo) >= length:
+                b = items[k]
+                if b.start - (a_end if a_end > lo else lo) >= length:
                     return True
+                a_end = b.end
         return False
 
     def find(self, start: float, end: float, free_now: Callable[[str], bool] | None = None,
@@ -426,6 +430,13 @@ class SlotBooking:
 
 
 Rescheduled = Callable[[SlotBooking, int], None]
+SearchKey = tuple[int, int, str, bool, bool]
+
+
+def _search_key(slot: SlotBooking) -> SearchKey:
+    """What a booking search depends on besides the day range: requests with the same key find the same
+    days (the chair book and centre quota by identity, the product, the donor class, the reserve)."""
+    return (id(slot.chairs), id(slot.quota), slot.product, slot.infectious, slot.reserved_ok)
 
 
 class SlotBook:
@@ -449,7 +460,12 @@ class SlotBook:
         self.reserve = reserve
         self.plans: list[SuitePlan] = []
         self.on_reschedule: Rescheduled | None = None
-        self._waitlist: list[tuple[Any, int, SlotBooking]] = []
+        # the waitlist, one priority queue per search (see _search_key); a cancelled request stays in its
+        # queue until it reaches the head. _live counts the requests still waiting, _stale those cancelled
+        # since the last serve: a serve forgets them, so until then they still count as a waitlist.
+        self._queues: dict[SearchKey, list[tuple[Any, int, SlotBooking]]] = {}
+        self._live = 0
+        self._stale = 0
         self._reviews: dict[int, list[tuple[float, SlotBooking]]] = {}  # morning -> batches to review
         self._queued = False  # patients joined the waitlist since it was last served
         env.process(self._morning_round())
@@ -460,39 +476,63 @@ class SlotBook:
         if slot.plan is not None and slot.plan not in self.plans:
             self.plans.append(slot.plan)
         today = math.floor(self.env.now)
-        if not self._waitlist and self._search(slot, today + 1 + self.lead, math.floor(self.env.now + self.horizon)):
+        if not self._has_waitlist() and self._search(slot, today + 1 + self.lead,
+                                                     math.floor(self.env.now + self.horizon)):
             slot.event.succeed(slot)
             return slot.event
-        heapq.heappush(self._waitlist, (slot.priority, next(_tie), slot))
+        key = _search_key(slot)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = []
+        heapq.heappush(queue, (slot.priority, next(_tie), slot))
+        self._live += 1
         self._queued = True
         return slot.event
 
+    def _has_waitlist(self) -> bool:
+        """Whether anyone waits, counting requests cancelled since the last serve (it forgets them)."""
+        return self._live + self._stale > 0
+
     def _search(self, slot: SlotBooking, first: int, last: int) -> bool:
-        """Book the first day in [first, last] that passes every rule; False (nothing booked) if none."""
+        """Book the first day in [first, last] that passes every rule; False (nothing booked) if none.
+        (DayBook.free inlined for the start and chair books: a waitlist serve tries every day in the
+        booking horizon, and most days fail there.)"""
         today = math.floor(self.env.now)
         starts, chairs, quota, month, reserve = self.starts, slot.chairs, slot.quota, self.month, self.reserve
+        lead = self.lead
+        if starts.per_day <= 0 or chairs.per_day <= 0:
+            return False
+        plan = slot.plan
         offsets: list[tuple[float, float]] = []
-        if slot.plan is not None:
+        n = n_open = 0
+        if plan is not None:
             assert self.projection is not None
             lo, hi, length = self.projection.bounds(slot.product, slot.site, slot.infectious)
-            if not slot.plan.has_room(first + lo - 1e-6, last + hi + 1e-6, length - 1e-6):
+            if not plan.has_room(first + lo - 1e-6, last + hi + 1e-6, length - 1e-6):
                 return False
             offsets = self.projection.offsets(slot.product, slot.site, slot.infectious)
+            n = n_open = len(plan.calendars)
+        starts_open = starts.per_day
+        if reserve is not None:
+            n_open, starts_open = reserve.open_part(n), reserve.open_part(starts.per_day)
+        s_week, s_booked, s_cap = starts.week, starts.booked, starts.per_day
+        c_week, c_booked, c_cap = chairs.week, chairs.booked, chairs.per_day
         for d in range(first, last + 1):
-            if not (starts.free(d) and chairs.free(d - self.lead)):
+            if not s_week[d % 7] or s_booked.get(d, 0) >= s_cap:
+                continue
+            if not c_week[(d - lead) % 7] or c_booked.get(d - lead, 0) >= c_cap:
                 continue
             if (quota is not None and not quota.free(d)) or (month is not None and not month.free(d)):
                 continue
             held = reserve is not None and reserve.held(d, today, slot.reserved_ok)
-            if held and starts.booked.get(d, 0) >= reserve.open_part(starts.per_day):  # type: ignore[union-attr]
+            if held and s_booked.get(d, 0) >= starts_open:
                 continue
-            if slot.plan is None:
+            if plan is None:
                 self._place(slot, d, None, 0.0, 0.0)
                 return True
             off = offsets[d % 7]
             s, e = d + off[0], d + off[1]  # = projection.interval(...), its weekly offsets read once
-            n = len(slot.plan.calendars)
-            cal = slot.plan.find(s, e, upto=reserve.open_part(n) if held else n)  # type: ignore[union-attr]
+            cal = plan.find(s, e, upto=n_open if held else n)
             if cal is not None:
                 self._place(slot, d, cal, s, e)
                 return True
@@ -536,28 +576,35 @@ class SlotBook:
             slot.suite = None
 
     def serve_waitlist(self) -> None:
+        """Offer what is free to the waitlist in priority order. A failed search books nothing, so the same
+        search for the next patient fails too: its queue waits for the next serve. A booking only takes
+        capacity, so the same search starts again from the day it booked. With one queue per search, a
+        serve costs a step per booking or failed search, not per patient waiting."""
         self._queued = False
-        keep = []
-        full: set[tuple[int, int, str, bool, bool]] = set()  # searches that found nothing this round
-        booked: dict[tuple[int, int, str, bool, bool], int] = {}  # the day the same search last booked
+        self._stale = 0
         today = math.floor(self.env.now)
         first, last = today + 1 + self.lead, math.floor(self.env.now + self.horizon)
-        while self._waitlist:
-            item = heapq.heappop(self._waitlist)
-            slot = item[2]
-            if slot.event.triggered:
-                continue
-            # a failed search books nothing, so the same search for the next patient fails too: skip it;
-            # a booking only takes capacity, so the same search starts again from the day it booked
-            key = (id(slot.chairs), id(slot.quota), slot.product, slot.infectious, slot.reserved_ok)
-            if key in full or not self._search(slot, booked.get(key, first), last):
-                full.add(key)
-                keep.append(item)
-            else:
+        booked: dict[SearchKey, int] = {}  # the day the same search last booked
+        open_queues = [(key, queue) for key, queue in self._queues.items() if queue]
+        while open_queues:
+            best = -1
+            head: tuple[Any, int, SlotBooking] | None = None
+            for n, (_, queue) in enumerate(open_queues):
+                while queue and queue[0][2].event.triggered:  # cancelled while waiting
+                    heapq.heappop(queue)
+                if queue and (head is None or queue[0] < head):
+                    best, head = n, queue[0]
+            if head is None:
+                return
+            key, queue = open_queues[best]
+            slot = head[2]
+            if self._search(slot, booked.get(key, first), last):
+                heapq.heappop(queue)
+                self._live -= 1
                 booked[key] = slot.day
                 slot.event.succeed(slot)
-        for item in keep:
-            heapq.heappush(self._waitlist, item)
+            else:
+                del open_queues[best]
 
     def cancel(self, slot: SlotBooking) -> None:
         """The patient left before apheresis: give the booking back, or leave the waitlist."""
@@ -568,10 +615,12 @@ class SlotBook:
         else:
             slot.event.fail(_Cancelled())
             slot.event.defused = True
+            self._live -= 1
+            self._stale += 1
 
     @property
     def waitlist_length(self) -> int:
-        return sum(1 for it in self._waitlist if not it[2].event.triggered)
+        return self._live
 
     # ------------------------------------------------------------------ re-planning
     def confirm(self, slot: SlotBooking) -> bool:
@@ -740,5 +789,5 @@ class SlotBook:
         while True:
             yield self.env.timeout(math.floor(self.env.now) + 1 - self.env.now)
             self._morning_reviews()
-            if self._waitlist:
+            if self._has_waitlist():
                 self.serve_waitlist()
