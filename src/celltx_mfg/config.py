@@ -977,7 +977,19 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
     if "base" in base:
         base = _resolve_base(base, base_path, seen + [base_path])
     over = {k: v for k, v in data.items() if k != "base"}
-    return _merge(base, over)
+    return _merge(_rebased_paths(base, base_path.parent, path.parent), over)
+
+
+def _rebased_paths(base: dict[str, Any], base_dir: Path, here: Path) -> dict[str, Any]:
+    """A base's relative ``demand.referrals_csv`` names a file next to the base, wherever the what-if
+    is: rewritten relative to the what-if's folder (not made absolute, so the merged text, and the
+    scenario hash, stay the same when the whole tree is moved)."""
+    demand = base.get("demand")
+    ref = demand.get("referrals_csv") if isinstance(demand, dict) else None
+    if not isinstance(ref, str) or Path(ref).is_absolute():
+        return base
+    moved = os.path.relpath((base_dir / ref).resolve(), here.resolve())
+    return {**base, "demand": {**demand, "referrals_csv": Path(moved).as_posix()}}
 
 
 def _read_base_text(base_path: Path, src: str, base_ref: str) -> str:
