@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import errno
 import hashlib
+import io
 import itertools
 import math
 import os
@@ -823,11 +824,7 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
     dates or date-times, converted to days from ``start``): a plant's own referral log replayed. `site`,
     `product` and `urgency` columns, when present, say who each referral is (checked against ``names``);
     any other column is an error, so a misspelt one is not silently ignored."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
+    rows = _referral_rows(path, source)
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
         raise ScenarioError(
@@ -848,6 +845,30 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
     return out
 
 
+MAX_REFERRAL_CSV_BYTES = 64_000_000
+MAX_REFERRAL_ROWS = 1_000_000
+
+
+def _referral_rows(path: Path, source: str) -> list[dict[str, str]]:
+    """The CSV's rows, refused at once past MAX_REFERRAL_CSV_BYTES or MAX_REFERRAL_ROWS: a log that
+    large is not a plant's referrals, and reading it whole would exhaust memory before saying so."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_REFERRAL_CSV_BYTES + 1)
+        if len(raw) > MAX_REFERRAL_CSV_BYTES:
+            raise ScenarioError(source, [(_REFERRALS, f"{path} is more than {MAX_REFERRAL_CSV_BYTES:,} bytes, "
+                                          "the most a referral log may be", _MISSING)])
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
+        rows = list(itertools.islice(reader, MAX_REFERRAL_ROWS + 1))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
+    if len(rows) > MAX_REFERRAL_ROWS:
+        raise ScenarioError(source, [(_REFERRALS, f"{path} has more than {MAX_REFERRAL_ROWS:,} rows, the most "
+                                      "a referral log may have", _MISSING)])
+    return rows
+
+
 def _referral_name(row: dict[str, str], column: str, names: dict[str, list[str]] | None, source: str,
                    at: str) -> str | None:
     """The row's site, product or urgency (None when blank or absent), one the scenario knows."""
@@ -865,9 +886,11 @@ def _referral_day(row: dict[str, str], cols: set[str], origin: dt.datetime, sour
     in the error, which stops the load (a referral log with a bad row is not replayed in part)."""
     try:
         v = _row_days(row, cols, origin)
-    except ValueError:
-        bad = row.get("day") if "day" in cols else row.get("date")
-        raise ScenarioError(source, [(_REFERRALS, f"{at}: not a number of days or an ISO date", bad)]) from None
+    except ValueError as e:
+        bad = row.get("day") if "day" in cols and row.get("day") not in (None, "") else row.get("date")
+        what = ("a time zone (Z, +01:00) is not allowed: give the plant's local date-time"
+                if "time zone" in str(e) else "not a number of days or an ISO date")
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: {what}", bad)]) from None
     if v is not None and (not math.isfinite(v) or v < 0):
         raise ScenarioError(source, [(_REFERRALS, f"{at}: referral before the start date or not finite", v)])
     return v
@@ -878,7 +901,10 @@ def _row_days(row: dict[str, str], cols: set[str], origin: dt.datetime) -> float
     if "day" in cols and row.get("day") not in (None, ""):
         return float(row["day"])
     if "date" in cols and row.get("date") not in (None, ""):
-        return (dt.datetime.fromisoformat(row["date"].strip()) - origin).total_seconds() / 86400.0
+        when = dt.datetime.fromisoformat(row["date"].strip())
+        if when.tzinfo is not None:  # the model's clock is the plant's local time, with no zone
+            raise ValueError("a date-time with a time zone")
+        return (when - origin).total_seconds() / 86400.0
     return None
 
 
