@@ -91,3 +91,12 @@ def test_referral_csv_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     note(e.value.render().splitlines()[-1])
     assert "more than 1,000 bytes" in e.value.render() and e.value.problems[0][0] == "demand.referrals_csv"
     assert config.MAX_REFERRAL_CSV_BYTES == 1000 and MAX_REFERRAL_CSV_BYTES == 64_000_000
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-5"])
+def test_dashboard_port_out_of_range_is_exit_2(port: str) -> None:
+    """`celltx dashboard --port 99999` exits 2 naming `--port` and its range before starting Streamlit
+    (before: Streamlit's traceback)."""
+    r = runner.invoke(app, ["dashboard", "--db", ":memory:", "--port", port])
+    note(f"exit {r.exit_code}: {' '.join(r.output.split())[:200]}")
+    assert r.exit_code == 2 and "--port" in r.output and "Traceback" not in r.output and "dashboard on" not in r.output
