@@ -100,3 +100,53 @@ def test_dashboard_port_out_of_range_is_exit_2(port: str) -> None:
     r = runner.invoke(app, ["dashboard", "--db", ":memory:", "--port", port])
     note(f"exit {r.exit_code}: {' '.join(r.output.split())[:200]}")
     assert r.exit_code == 2 and "--port" in r.output and "Traceback" not in r.output and "dashboard on" not in r.output
+
+
+@pytest.mark.slow
+def test_collect_then_queue_far_above_chair_capacity_finishes(tmp_path: Path) -> None:
+    """`collect_then_queue` at 20,000 referrals a year, far above what the chairs collect: chairs are
+    booked years ahead and the run ends at its horizon with those patients waiting, exit 0 (before: "no
+    free day within ten years" traceback after 21 s, the chair search growing with the book)."""
+    d = small(per_year=20_000, dropout_per_day=0.0)
+    d.update(horizon_days=365, warmup_days=0)
+    d["booking"] = {**d.get("booking", {}), "mode": "collect_then_queue"}
+    d["gmp"] = {**d.get("gmp", {}), "starting_material": "cryopreserved"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    t0 = time.perf_counter()
+    r = runner.invoke(app, ["run", str(tmp_path / "s.yaml"), "--db", str(tmp_path / "s.db"), "--seed", "1"])
+    took = time.perf_counter() - t0
+    note(f"exit {r.exit_code} in {took:.1f} s")
+    assert r.exit_code == 0, r.output[-500:]
+    assert took < 60
+
+
+def test_referral_rate_times_ramp_is_bounded() -> None:
+    """`demand.per_year: 1e6` with `monthly_ramp: [1000]` (a billion referrals a year, a run without end)
+    is refused naming `demand.monthly_ramp` and the allowed peak; 1e6 at a ramp of 1 is still allowed."""
+    from celltx_mfg.config import parse_scenario
+
+    with pytest.raises(ScenarioError) as e:
+        parse_scenario(small(per_year=1e6, monthly_ramp=[1000]))
+    note(e.value.render().splitlines()[-1])
+    assert "demand.monthly_ramp" in e.value.render() and "1,000,000" in e.value.render()
+    assert parse_scenario(small(per_year=1e6, monthly_ramp=[1])).demand.per_year == 1e6
+
+
+def test_day_book_overbooked_for_decades_finds_the_next_day_fast() -> None:
+    """A chair book with 2 a working day booked 20,000 times from day 0 (about 38 years ahead) gives each
+    booking the first day with room, in order, and stays fast; a cancelled day is offered again."""
+    from celltx_mfg.calendar import Calendar
+    from celltx_mfg.model.plant import DayBook
+
+    book = DayBook(2, Calendar(days=frozenset(range(5)), shifts=((8.0, 8.0),), start_weekday=0))
+    t0 = time.perf_counter()
+    days = []
+    for _ in range(20_000):
+        days.append(book.first_free(0))
+        book.book(days[-1])
+    took = time.perf_counter() - t0
+    note(f"last day {days[-1]} in {took:.2f} s")
+    assert days == sorted(days) and days[-1] > 3650 and took < 2
+    assert all(days.count(d) <= 2 for d in days[:50]) and all(book.is_open(d) for d in days[:50])
+    book.cancel(days[10])
+    assert book.first_free(0) == days[10]

@@ -121,8 +121,11 @@ class Site(_Model):
     )
 
 
+MAX_REFERRALS_PER_YEAR = 1_000_000
+
+
 class Demand(_Model):
-    per_year: float = Field(default=0, ge=0, le=1_000_000, description="Poisson referral rate")
+    per_year: float = Field(default=0, ge=0, le=MAX_REFERRALS_PER_YEAR, description="Poisson referral rate")
     monthly_ramp: list[float] | None = Field(
         default=None,
         description="multipliers of per_year for months 1, 2, ...; the last value holds afterwards",
@@ -154,6 +157,16 @@ class Demand(_Model):
             if any((not math.isfinite(x)) or x < 0 or x > 1000 for x in v):
                 raise ValueError("monthly_ramp multipliers must be between 0 and 1000")
         return v
+
+    @model_validator(mode="after")
+    def _peak_rate(self) -> Demand:
+        """The ramp multiplies per_year: 1e6 a year at a ramp of 1000 is a billion referrals a year, a
+        run that never ends, so the peak rate has the same bound as per_year itself."""
+        peak = self.per_year * max(self.monthly_ramp or [1.0])
+        if peak > MAX_REFERRALS_PER_YEAR:
+            raise ValueError(f"demand.monthly_ramp: per_year x the largest multiplier is {peak:,.0f} referrals a "
+                             f"year; at most {MAX_REFERRALS_PER_YEAR:,} are allowed")
+        return self
 
     @field_validator("product_mix", "urgency_mix")
     @classmethod
@@ -1011,7 +1024,9 @@ def _rebased_paths(base: dict[str, Any], base_dir: Path, here: Path) -> dict[str
     is: rewritten relative to the what-if's folder (not made absolute, so the merged text, and the
     scenario hash, stay the same when the whole tree is moved)."""
     demand = base.get("demand")
-    ref = demand.get("referrals_csv") if isinstance(demand, dict) else None
+    if not isinstance(demand, dict):
+        return base
+    ref = demand.get("referrals_csv")
     if not isinstance(ref, str) or Path(ref).is_absolute():
         return base
     moved = os.path.relpath((base_dir / ref).resolve(), here.resolve())

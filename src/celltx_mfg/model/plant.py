@@ -147,6 +147,7 @@ class DayBook:
         self.calendar = calendar
         self.booked: dict[int, int] = {}
         self._open_days: dict[int, bool] = {}
+        self._full_before = 0  # every day before this one is closed or fully booked
 
     def is_open(self, day: int) -> bool:
         o = self._open_days.get(day)
@@ -166,12 +167,22 @@ class DayBook:
 
     def cancel(self, day: int) -> None:
         self.booked[day] -= 1
+        self._full_before = min(self._full_before, day)
 
-    def first_free(self, earliest: int, limit: int = 3650) -> int:
-        for d in range(earliest, earliest + limit):
-            if self.free(d):
-                return d
-        raise RuntimeError("no free day within ten years")  # validated away: capacity > 0
+    def first_free(self, earliest: int) -> int:
+        """The first day from ``earliest`` with capacity left. Overloaded books (demand far above the
+        chairs, e.g. collect_then_queue at 20,000 referrals a year) fill years ahead: the search starts
+        after the days known to be full, so it costs no more as the book grows, and there is always a
+        later day (capacity per day and an open day a week are validated)."""
+        start = max(earliest, self._full_before)
+        d = start
+        while not self.free(d):
+            d += 1
+            if d - start > 7 * (len(self.booked) + 2):
+                raise RuntimeError("booking calendar has no open day")  # validated away
+        if earliest <= self._full_before:
+            self._full_before = d
+        return d
 
     def open_days(self, t0: float, t1: float) -> int:
         return sum(1 for d in range(math.floor(t0), math.ceil(t1)) if self.is_open(d))
