@@ -150,3 +150,22 @@ def test_day_book_overbooked_for_decades_finds_the_next_day_fast() -> None:
     assert all(days.count(d) <= 2 for d in days[:50]) and all(book.is_open(d) for d in days[:50])
     book.cancel(days[10])
     assert book.first_free(0) == days[10]
+
+
+def test_referral_csv_content_is_in_the_stored_text_and_hash(tmp_path: Path) -> None:
+    """The referral CSV's content is stored with the scenario: a changed CSV is another scenario (another
+    hash, so `kpis` no longer pools both runs as replications of one), and the stored text alone replays
+    the same referrals with the CSV gone. A scenario without a CSV keeps its file's text (and hash)."""
+    from celltx_mfg.config import parse_text, scenario_hash
+
+    path = csv_scenario(tmp_path, "day\n1\n2\n")
+    sc1, text1 = load_scenario(path)
+    (tmp_path / "r.csv").write_text("day\n1\n3\n")
+    sc2, text2 = load_scenario(path)
+    note(f"hashes {scenario_hash(text1)[:12]} / {scenario_hash(text2)[:12]}")
+    assert scenario_hash(text1) != scenario_hash(text2)
+    (tmp_path / "r.csv").unlink()
+    assert scenario_referral_days(parse_text(text1, "stored", tmp_path)) == [1.0, 2.0]
+    assert scenario_referral_days(parse_text(text2, "stored", tmp_path)) == [1.0, 3.0]
+    plain = SCENARIOS / "baseline.yaml"
+    assert load_scenario(plain)[1] == plain.read_text()

@@ -135,6 +135,12 @@ class Demand(_Model):
         description="CSV with a `day` or `date` column instead, and optionally `site`, `product` and "
         "`urgency` columns (a blank cell is drawn from the mix)",
     )
+    referrals_log: str | None = Field(
+        default=None, max_length=64_000_000,
+        description="the referral CSV's content, stored with each run (filled in from referrals_csv when a "
+        "scenario file is loaded, so the scenario hash covers it and a run is reproduced from the database); "
+        "when given, it is replayed and referrals_csv only says where it came from",
+    )
     first_referral_day: float = Field(default=0.0, ge=0, description="no referral before this day")
     last_referral_day: float | None = Field(default=None, ge=0, description="no referral after this day")
     product_mix: dict[str, float] = Field(default_factory=dict, description="product -> share")
@@ -482,7 +488,7 @@ StepCheck = Callable[[Scenario, str, Process, int], list[CrossProblem]]
 
 def has_demand(sc: Scenario) -> bool:
     """Capacity rules only bite when patients arrive: a scenario with no demand may leave resources at 0."""
-    return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None
+    return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None or sc.demand.referrals_log is not None
 
 
 def check_demand_window(sc: Scenario) -> list[CrossProblem]:
@@ -791,7 +797,11 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
         sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise ScenarioError(source, [p for err in e.errors() for p in _problems_of(err, data)]) from None
-    if sc.demand.referrals_csv is not None:
+    if sc.demand.referrals_log is not None:
+        label = Path(sc.demand.referrals_csv or "referrals_log")
+        sc._referrals = referrals_of(_csv_rows(sc.demand.referrals_log, label, source), label, source,
+                                     sc.start_date, referral_names(sc))
+    elif sc.demand.referrals_csv is not None:
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
@@ -837,7 +847,12 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
     dates or date-times, converted to days from ``start``): a plant's own referral log replayed. `site`,
     `product` and `urgency` columns, when present, say who each referral is (checked against ``names``);
     any other column is an error, so a misspelt one is not silently ignored."""
-    rows = _referral_rows(path, source)
+    return referrals_of(_csv_rows(referral_csv_text(path, source), path, source), path, source, start, names)
+
+
+def referrals_of(rows: list[dict[str, str]], path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
+                 names: dict[str, list[str]] | None = None) -> list[Referral]:
+    """The referrals of a CSV's rows (``path`` names the CSV in errors); see :func:`load_referrals`."""
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
         raise ScenarioError(
@@ -862,9 +877,9 @@ MAX_REFERRAL_CSV_BYTES = 64_000_000
 MAX_REFERRAL_ROWS = 1_000_000
 
 
-def _referral_rows(path: Path, source: str) -> list[dict[str, str]]:
-    """The CSV's rows, refused at once past MAX_REFERRAL_CSV_BYTES or MAX_REFERRAL_ROWS: a log that
-    large is not a plant's referrals, and reading it whole would exhaust memory before saying so."""
+def referral_csv_text(path: Path, source: str) -> str:
+    """The CSV's text, refused at once past MAX_REFERRAL_CSV_BYTES: a log that large is not a plant's
+    referrals, and reading it whole would exhaust memory before saying so."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
@@ -872,9 +887,16 @@ def _referral_rows(path: Path, source: str) -> list[dict[str, str]]:
         if len(raw) > MAX_REFERRAL_CSV_BYTES:
             raise ScenarioError(source, [(_REFERRALS, f"{path} is more than {MAX_REFERRAL_CSV_BYTES:,} bytes, "
                                           "the most a referral log may be", _MISSING)])
-        reader = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
-        rows = list(itertools.islice(reader, MAX_REFERRAL_ROWS + 1))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
+
+
+def _csv_rows(text: str, path: Path, source: str) -> list[dict[str, str]]:
+    """The rows of a referral CSV's text, refused past MAX_REFERRAL_ROWS."""
+    try:
+        rows = list(itertools.islice(csv.DictReader(io.StringIO(text, newline="")), MAX_REFERRAL_ROWS + 1))
+    except csv.Error as e:
         raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
     if len(rows) > MAX_REFERRAL_ROWS:
         raise ScenarioError(source, [(_REFERRALS, f"{path} has more than {MAX_REFERRAL_ROWS:,} rows, the most "
@@ -939,7 +961,18 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
     if isinstance(data, dict) and "base" in data:
         data = _resolve_base(data, p, [p.resolve()])
         text = yaml.safe_dump(data, sort_keys=False)
-    return parse_scenario(data, src, p.parent), text
+    sc = parse_scenario(data, src, p.parent)
+    if sc.demand.referrals_csv is not None and sc.demand.referrals_log is None:
+        data = {**data, "demand": {**data["demand"], "referrals_log": _csv_text_of(sc, p.parent, src)}}
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        sc = parse_scenario(data, src, p.parent)
+    return sc, text
+
+
+def _csv_text_of(sc: Scenario, folder: Path, source: str) -> str:
+    """The referral CSV's content, stored in the scenario text so its hash covers the log replayed."""
+    csv_path = Path(sc.demand.referrals_csv or "")
+    return referral_csv_text(csv_path if csv_path.is_absolute() else folder / csv_path, source)
 
 
 def _file_problem(src: str, msg: str) -> ScenarioError:
