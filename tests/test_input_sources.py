@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from celltx_mfg.cli import app
@@ -169,3 +171,65 @@ def test_referral_csv_content_is_in_the_stored_text_and_hash(tmp_path: Path) -> 
     assert scenario_referral_days(parse_text(text2, "stored", tmp_path)) == [1.0, 3.0]
     plain = SCENARIOS / "baseline.yaml"
     assert load_scenario(plain)[1] == plain.read_text()
+
+
+SMALL_SCENARIO = {
+    "horizon_days": st.integers(1, 60),
+    "per_year": st.floats(0, 2000),
+    "ramp": st.none() | st.lists(st.floats(0, 5), min_size=1, max_size=3),
+    "suites": st.integers(0, 4),
+    "operators": st.integers(0, 6),
+    "chairs": st.integers(1, 3),
+    "dropout": st.floats(0, 0.2),
+    "mode": st.sampled_from(["slot", "collect_then_queue"]),
+    "material": st.sampled_from(["fresh", "cryopreserved"]),
+}
+
+
+def small_random(v: dict[str, Any]) -> dict[str, Any]:
+    d = small(per_year=v["per_year"], monthly_ramp=v["ramp"], dropout_per_day=v["dropout"])
+    d.update(horizon_days=v["horizon_days"], warmup_days=0)
+    d["resources"] = {**d["resources"], "suites": v["suites"]}
+    d["resources"]["operators"] = {**d["resources"]["operators"], "count": v["operators"]}
+    d["sites"] = [{**s, "apheresis_per_day": v["chairs"]} for s in d["sites"]]
+    d["booking"] = {**d.get("booking", {}), "mode": v["mode"]}
+    d["gmp"] = {**d.get("gmp", {}), "starting_material": v["material"]}
+    return d
+
+
+def run_accepted(tmp: Path, v: dict[str, Any]) -> None:
+    from celltx_mfg.config import parse_scenario
+
+    d = small_random(v)
+    try:
+        parse_scenario(d)
+    except ScenarioError:
+        return  # validate refuses it: nothing to run
+    (tmp / "s.yaml").write_text(yaml.safe_dump(d))
+    db = tmp / "s.db"
+    if db.exists():
+        db.unlink()
+    r = runner.invoke(app, ["run", str(tmp / "s.yaml"), "--db", str(db), "--seed", "3"])
+    if r.exit_code not in (0, 2) or r.exception is not None and not isinstance(r.exception, SystemExit):
+        note(f"exit {r.exit_code} on {v}: {r.exception!r}")
+    assert r.exit_code in (0, 2) and "Traceback" not in r.output, (v, r.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="found: per_year 2.2e-308 (a denormal rate) with "
+                   "horizon 1 makes `run` exit 1 with TypeError (a pydantic ValidationError rebuilt without its "
+                   "arguments); not yet fixed")
+@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**SMALL_SCENARIO)
+def test_validate_accepted_small_scenarios_run_or_exit_2(tmp_path: Path, **v: Any) -> None:
+    """Random small scenarios (short horizons, few suites, operators and chairs, either booking mode) that
+    validation accepts run through `celltx run` with exit 0 or a clear exit 2, never a traceback."""
+    run_accepted(tmp_path, v)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**SMALL_SCENARIO)
+def test_validate_accepted_small_scenarios_run_or_exit_2_many(tmp_path: Path, **v: Any) -> None:
+    """The same property over 60 random scenarios (slow)."""
+    run_accepted(tmp_path, v)
