@@ -25,6 +25,7 @@ AREAS = {
     "test_integrity.py": "Integrity of the batch log created by the CLI: tampering, forgery and loss",
     "test_foreign_stores.py": "Stores that are not ours, or broken: foreign, newer, damaged, devices, missing folders",
     "test_input_limits.py": "Input that validate accepts: long horizons, FIFOs, large files, names, shares and costs",
+    "test_input_sources.py": "Inputs from other files and demand the model must finish: base CSV paths, referral CSV limits",
 }
 BEGIN, END = "<!-- cases: begin (generated) -->", "<!-- cases: end -->"
 HEADER = "| case | expected | result | observed | last run |"

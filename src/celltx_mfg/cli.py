@@ -377,7 +377,7 @@ def _verified(db: str, run: int | None, heads: Sequence[str]) -> tuple[list[Any]
 @app.command()
 def dashboard(
     db: str = DB_OPTION,
-    port: int = typer.Option(8501, "--port"),
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="TCP port to serve on (1-65535)"),
     host: str = typer.Option("127.0.0.1", "--host"),
 ) -> None:
     """Serve the Streamlit dashboard on the given database (Ctrl-C stops it)."""

@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import errno
 import hashlib
+import io
 import itertools
 import math
 import os
@@ -120,8 +121,13 @@ class Site(_Model):
     )
 
 
+MIN_REFERRALS_PER_YEAR = 0.001  # one referral in a thousand years
+MAX_REFERRALS_PER_YEAR = 1_000_000
+
+
 class Demand(_Model):
-    per_year: float = Field(default=0, ge=0, le=1_000_000, description="Poisson referral rate")
+    per_year: float = Field(default=0, ge=0, le=MAX_REFERRALS_PER_YEAR,
+                            description="Poisson referral rate: 0, or at least 0.001 a year")
     monthly_ramp: list[float] | None = Field(
         default=None,
         description="multipliers of per_year for months 1, 2, ...; the last value holds afterwards",
@@ -130,6 +136,12 @@ class Demand(_Model):
         default=None,
         description="CSV with a `day` or `date` column instead, and optionally `site`, `product` and "
         "`urgency` columns (a blank cell is drawn from the mix)",
+    )
+    referrals_log: str | None = Field(
+        default=None, max_length=64_000_000,
+        description="the referral CSV's content, stored with each run (filled in from referrals_csv when a "
+        "scenario file is loaded, so the scenario hash covers it and a run is reproduced from the database); "
+        "when given, it is replayed and referrals_csv only says where it came from",
     )
     first_referral_day: float = Field(default=0.0, ge=0, description="no referral before this day")
     last_referral_day: float | None = Field(default=None, ge=0, description="no referral after this day")
@@ -153,6 +165,20 @@ class Demand(_Model):
             if any((not math.isfinite(x)) or x < 0 or x > 1000 for x in v):
                 raise ValueError("monthly_ramp multipliers must be between 0 and 1000")
         return v
+
+    @model_validator(mode="after")
+    def _peak_rate(self) -> Demand:
+        """The ramp multiplies per_year: 1e6 a year at a ramp of 1000 is a billion referrals a year, a
+        run that never ends, so the peak rate has the same bound as per_year itself."""
+        peak = self.per_year * max(self.monthly_ramp or [1.0])
+        if peak > MAX_REFERRALS_PER_YEAR:
+            raise ValueError(f"demand.monthly_ramp: per_year x the largest multiplier is {peak:,.0f} referrals a "
+                             f"year; at most {MAX_REFERRALS_PER_YEAR:,} are allowed")
+        if 0 < peak < MIN_REFERRALS_PER_YEAR:
+            # a denormal rate makes the mean gap between referrals infinite: nothing a planner means
+            raise ValueError(f"demand.per_year: per_year x the largest monthly_ramp multiplier is {peak:g} referrals "
+                             f"a year; allowed: 0 (no Poisson referrals) or at least {MIN_REFERRALS_PER_YEAR:g}")
+        return self
 
     @field_validator("product_mix", "urgency_mix")
     @classmethod
@@ -468,7 +494,7 @@ StepCheck = Callable[[Scenario, str, Process, int], list[CrossProblem]]
 
 def has_demand(sc: Scenario) -> bool:
     """Capacity rules only bite when patients arrive: a scenario with no demand may leave resources at 0."""
-    return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None
+    return sc.demand.per_year > 0 or sc.demand.referrals_csv is not None or sc.demand.referrals_log is not None
 
 
 def check_demand_window(sc: Scenario) -> list[CrossProblem]:
@@ -777,7 +803,11 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
         sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise ScenarioError(source, [p for err in e.errors() for p in _problems_of(err, data)]) from None
-    if sc.demand.referrals_csv is not None:
+    if sc.demand.referrals_log is not None:
+        label = Path(sc.demand.referrals_csv or "referrals_log")
+        sc._referrals = referrals_of(_csv_rows(sc.demand.referrals_log, label, source), label, source,
+                                     sc.start_date, referral_names(sc))
+    elif sc.demand.referrals_csv is not None:
         csv_path = Path(sc.demand.referrals_csv)
         if not csv_path.is_absolute() and base_dir is not None:
             csv_path = base_dir / csv_path
@@ -823,11 +853,12 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
     dates or date-times, converted to days from ``start``): a plant's own referral log replayed. `site`,
     `product` and `urgency` columns, when present, say who each referral is (checked against ``names``);
     any other column is an error, so a misspelt one is not silently ignored."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
+    return referrals_of(_csv_rows(referral_csv_text(path, source), path, source), path, source, start, names)
+
+
+def referrals_of(rows: list[dict[str, str]], path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
+                 names: dict[str, list[str]] | None = None) -> list[Referral]:
+    """The referrals of a CSV's rows (``path`` names the CSV in errors); see :func:`load_referrals`."""
     cols = set(rows[0]) if rows else set()
     if "day" not in cols and "date" not in cols:
         raise ScenarioError(
@@ -848,6 +879,37 @@ def load_referrals(path: Path, source: str, start: dt.date = DEFAULT_START_DATE,
     return out
 
 
+MAX_REFERRAL_CSV_BYTES = 64_000_000
+MAX_REFERRAL_ROWS = 1_000_000
+
+
+def referral_csv_text(path: Path, source: str) -> str:
+    """The CSV's text, refused at once past MAX_REFERRAL_CSV_BYTES: a log that large is not a plant's
+    referrals, and reading it whole would exhaust memory before saying so."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_REFERRAL_CSV_BYTES + 1)
+        if len(raw) > MAX_REFERRAL_CSV_BYTES:
+            raise ScenarioError(source, [(_REFERRALS, f"{path} is more than {MAX_REFERRAL_CSV_BYTES:,} bytes, "
+                                          "the most a referral log may be", _MISSING)])
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
+
+
+def _csv_rows(text: str, path: Path, source: str) -> list[dict[str, str]]:
+    """The rows of a referral CSV's text, refused past MAX_REFERRAL_ROWS."""
+    try:
+        rows = list(itertools.islice(csv.DictReader(io.StringIO(text, newline="")), MAX_REFERRAL_ROWS + 1))
+    except csv.Error as e:
+        raise ScenarioError(source, [(_REFERRALS, f"cannot read {path}: {e}", _MISSING)]) from None
+    if len(rows) > MAX_REFERRAL_ROWS:
+        raise ScenarioError(source, [(_REFERRALS, f"{path} has more than {MAX_REFERRAL_ROWS:,} rows, the most "
+                                      "a referral log may have", _MISSING)])
+    return rows
+
+
 def _referral_name(row: dict[str, str], column: str, names: dict[str, list[str]] | None, source: str,
                    at: str) -> str | None:
     """The row's site, product or urgency (None when blank or absent), one the scenario knows."""
@@ -865,9 +927,11 @@ def _referral_day(row: dict[str, str], cols: set[str], origin: dt.datetime, sour
     in the error, which stops the load (a referral log with a bad row is not replayed in part)."""
     try:
         v = _row_days(row, cols, origin)
-    except ValueError:
-        bad = row.get("day") if "day" in cols else row.get("date")
-        raise ScenarioError(source, [(_REFERRALS, f"{at}: not a number of days or an ISO date", bad)]) from None
+    except ValueError as e:
+        bad = row.get("day") if "day" in cols and row.get("day") not in (None, "") else row.get("date")
+        what = ("a time zone (Z, +01:00) is not allowed: give the plant's local date-time"
+                if "time zone" in str(e) else "not a number of days or an ISO date")
+        raise ScenarioError(source, [(_REFERRALS, f"{at}: {what}", bad)]) from None
     if v is not None and (not math.isfinite(v) or v < 0):
         raise ScenarioError(source, [(_REFERRALS, f"{at}: referral before the start date or not finite", v)])
     return v
@@ -878,7 +942,10 @@ def _row_days(row: dict[str, str], cols: set[str], origin: dt.datetime) -> float
     if "day" in cols and row.get("day") not in (None, ""):
         return float(row["day"])
     if "date" in cols and row.get("date") not in (None, ""):
-        return (dt.datetime.fromisoformat(row["date"].strip()) - origin).total_seconds() / 86400.0
+        when = dt.datetime.fromisoformat(row["date"].strip())
+        if when.tzinfo is not None:  # the model's clock is the plant's local time, with no zone
+            raise ValueError("a date-time with a time zone")
+        return (when - origin).total_seconds() / 86400.0
     return None
 
 
@@ -900,7 +967,18 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
     if isinstance(data, dict) and "base" in data:
         data = _resolve_base(data, p, [p.resolve()])
         text = yaml.safe_dump(data, sort_keys=False)
-    return parse_scenario(data, src, p.parent), text
+    sc = parse_scenario(data, src, p.parent)
+    if sc.demand.referrals_csv is not None and sc.demand.referrals_log is None:
+        data = {**data, "demand": {**data["demand"], "referrals_log": _csv_text_of(sc, p.parent, src)}}
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        sc = parse_scenario(data, src, p.parent)
+    return sc, text
+
+
+def _csv_text_of(sc: Scenario, folder: Path, source: str) -> str:
+    """The referral CSV's content, stored in the scenario text so its hash covers the log replayed."""
+    csv_path = Path(sc.demand.referrals_csv or "")
+    return referral_csv_text(csv_path if csv_path.is_absolute() else folder / csv_path, source)
 
 
 def _file_problem(src: str, msg: str) -> ScenarioError:
@@ -977,7 +1055,21 @@ def _resolve_base(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[st
     if "base" in base:
         base = _resolve_base(base, base_path, seen + [base_path])
     over = {k: v for k, v in data.items() if k != "base"}
-    return _merge(base, over)
+    return _merge(_rebased_paths(base, base_path.parent, path.parent), over)
+
+
+def _rebased_paths(base: dict[str, Any], base_dir: Path, here: Path) -> dict[str, Any]:
+    """A base's relative ``demand.referrals_csv`` names a file next to the base, wherever the what-if
+    is: rewritten relative to the what-if's folder (not made absolute, so the merged text, and the
+    scenario hash, stay the same when the whole tree is moved)."""
+    demand = base.get("demand")
+    if not isinstance(demand, dict):
+        return base
+    ref = demand.get("referrals_csv")
+    if not isinstance(ref, str) or Path(ref).is_absolute():
+        return base
+    moved = os.path.relpath((base_dir / ref).resolve(), here.resolve())
+    return {**base, "demand": {**demand, "referrals_csv": Path(moved).as_posix()}}
 
 
 def _read_base_text(base_path: Path, src: str, base_ref: str) -> str:

@@ -148,6 +148,7 @@ class DayBook:
         self.booked: dict[int, int] = {}
         # open or not by day % 7 (the calendar repeats weekly): booking searches ask for every day they try
         self.week = tuple(calendar.always or (calendar.start_weekday + k) % 7 in calendar.days for k in range(7))
+        self._full_before = 0  # every day before this one is closed or fully booked
 
     def is_open(self, day: int) -> bool:
         return self.week[day % 7]
@@ -160,12 +161,22 @@ class DayBook:
 
     def cancel(self, day: int) -> None:
         self.booked[day] -= 1
+        self._full_before = min(self._full_before, day)
 
-    def first_free(self, earliest: int, limit: int = 3650) -> int:
-        for d in range(earliest, earliest + limit):
-            if self.free(d):
-                return d
-        raise RuntimeError("no free day within ten years")  # validated away: capacity > 0
+    def first_free(self, earliest: int) -> int:
+        """The first day from ``earliest`` with capacity left. Overloaded books (demand far above the
+        chairs, e.g. collect_then_queue at 20,000 referrals a year) fill years ahead: the search starts
+        after the days known to be full, so it costs no more as the book grows, and there is always a
+        later day (capacity per day and an open day a week are validated)."""
+        start = max(earliest, self._full_before)
+        d = start
+        while not self.free(d):
+            d += 1
+            if d - start > 7 * (len(self.booked) + 2):
+                raise RuntimeError("booking calendar has no open day")  # validated away
+        if earliest <= self._full_before:
+            self._full_before = d
+        return d
 
     def open_days(self, t0: float, t1: float) -> int:
         return sum(1 for d in range(math.floor(t0), math.ceil(t1)) if self.is_open(d))
