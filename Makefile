@@ -76,7 +76,7 @@ lint: $(DEV)
 docs: $(DEV)
 	CELLTX_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md $(BIN)/python -m pytest -q -m "slow or not slow" \
 	  tests/test_fuzz_scenarios.py tests/test_faults.py tests/test_integrity.py \
-	  tests/test_foreign_stores.py tests/test_input_limits.py
+	  tests/test_foreign_stores.py tests/test_input_limits.py tests/test_input_sources.py
 	$(BIN)/python scripts/validation_report.py
 	$(BIN)/python scripts/data_dictionary.py
 

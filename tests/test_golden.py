@@ -26,8 +26,8 @@ KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id
          ("release_signature", "signature")}
 
 GOLDEN = {
-    "run": "6b533aaebfeb737fe58e7c4442b3709d82150186b6a75024a6dbc5689c12017c",
-    "sweep": "ec7736608bd29de2fb8c5df1f9244b4327d965daa268aaf96658c3621b2e701e",
+    "run": "19b9cebabe2d0193739a5c0daf7302d27c5bc708972849f475335268d0026e6e",
+    "sweep": "ec67cd0a713ff85b9e1a9d8efbf6bb0735dc530df54064620c50eda1b0bb95ca",
 }
 
 

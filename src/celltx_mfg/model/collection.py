@@ -32,7 +32,10 @@ class Collection(ModelBase):
             slot.collected = True
             aph_day = slot.aph_day
         yield from self.apheresis(p, b, site, aph_day)
-        return (yield from self.inbound(p, b, site))
+        outcome = yield from self.inbound(p, b, site)
+        if outcome is not None:  # lost in transit or the patient gone: the booked suite is never used
+            self.slotbook.release(slot, processed=False)
+        return outcome
 
     def wait_for_apheresis(self, p: Patient, b: Batch, slot: SlotBooking | None, aph_day: int) -> Proc:
         """Wait for the chair day. In slot mode the plan confirms the booked suite first; a start it moved
