@@ -45,6 +45,9 @@ from .cli_common import (
     replications_option,
 )
 
+# --db for designs that store nothing unless asked (plan, bottleneck)
+OPTIONAL_DB_OPTION = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)")
+
 DEFAULT_KPIS = (
     "patients_infused",
     "patients_lost",
@@ -335,7 +338,7 @@ def plan(
                                help="most candidates to simulate (each -r replications); the search stops there"),
     replications: int = replications_option(10, 1, "replications per candidate"),
     jobs: int = JOBS_OPTION,
-    db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
+    db: str | None = OPTIONAL_DB_OPTION,
     backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = JSON_OPTION,
@@ -442,7 +445,7 @@ def bottleneck(
                                    "(default: referral_to_infusion_days.p90); lower is better except throughput, "
                                    "infusions and on-time share"),
     jobs: int = JOBS_OPTION,
-    db: str | None = typer.Option(None, "--db", help=DB_HELP + " (default: runs are not stored)"),
+    db: str | None = OPTIONAL_DB_OPTION,
     backend: Backend = BACKEND_OPTION,
     ray_address: str | None = RAY_OPTION,
     as_json: bool = JSON_OPTION,
