@@ -35,6 +35,7 @@ class ModelBase:
         self.streams = Streams(seed)
         self._stream_of = self.streams._streams  # the streams by name, read without a call on hot paths
         self._step_streams: dict[tuple[str, int], tuple[Stream, Stream | None]] = {}
+        self._qc_plans: dict[str, tuple[Stream, Stream, float, bool]] = {}  # see Release.qc_plan
         self.rec = RunRecords(sc.name, seed, replication, sc.horizon_days, sc.warmup_days)
         self.record = Recorder(self.rec)
         plant = build_plant(self.env, sc)

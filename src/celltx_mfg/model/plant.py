@@ -97,6 +97,7 @@ class StaffPool:
         self.free = count
         self._waiting: list[tuple[Any, int, int, simpy.Event]] = []
         self._dispatch_pending = False
+        self._dispatch_cb = self._dispatch  # bound once: a pooled hand-out is scheduled for most requests
 
     def _get(self, n: int, priority: Any) -> simpy.Event:
         # Requests made at the same instant (everyone waking at the start of a shift) are pooled and
@@ -105,7 +106,7 @@ class StaffPool:
         heapq.heappush(self._waiting, (priority, next(_tie), n, ev))
         if not self._dispatch_pending:
             self._dispatch_pending = True
-            self.env.timeout(0).callbacks.append(self._dispatch)
+            self.env.timeout(0).callbacks.append(self._dispatch_cb)
         return ev
 
     def _dispatch(self, _: Any = None) -> None:
@@ -117,16 +118,17 @@ class StaffPool:
 
     def acquire(self, n: int, duration: float, priority: Any = 1) -> Generator[simpy.Event, Any, float]:
         """Wait until ``n`` people are free on shift for a task of ``duration``; returns the request time."""
-        requested = self.env.now
+        env, calendar = self.env, self.calendar
+        requested = env.now
         if n == 0:
             return requested
         while True:
-            start = self.calendar.next_start(self.env.now, duration)
-            if start > self.env.now:
-                yield self.env.timeout(start - self.env.now)
-            asked = self.env.now  # a start that fits the shift
+            start = calendar.next_start(env.now, duration)
+            if start > env.now:
+                yield env.timeout(start - env.now)
+            asked = env.now  # a start that fits the shift
             yield self._get(n, priority)
-            if self.env.now == asked or self.calendar.next_start(self.env.now, duration) == self.env.now:
+            if env.now == asked or calendar.next_start(env.now, duration) == env.now:
                 return requested
             self.release(n)  # the shift ended while we queued: hand back, wait for the next one
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..distributions import Stream
 from . import rules
 from .base import ModelBase, Proc
 from .entities import Batch, Outcome, Patient
@@ -15,11 +16,21 @@ class Release(ModelBase):
         self.analysts.release(1)
         self.staff_use(self.analysts, 1, b, f"qc:{test}", sampled, start)
 
+    def qc_plan(self, t: Any) -> tuple[Stream, Stream, float, bool]:
+        """A test's duration and failure streams, hands-on days and whether release waits for it: looked
+        up once per test name (seven tests a batch ask on every batch)."""
+        got = self._qc_plans.get(t.name)
+        if got is None:
+            got = (self.stream(f"qc:{t.name}", t.duration), self.stream(f"qcfail:{t.name}"), t.hands_on_hours / 24.0,
+                   t.name in self.required_tests)
+            self._qc_plans[t.name] = got
+        return got
+
     def qc_test(self, p: Patient, b: Batch, t: Any) -> Proc:
         env = self.env
         sampled = env.now
-        hands = t.hands_on_hours / 24.0
-        dur = self.stream(f"qc:{t.name}", t.duration).sample()
+        durations, failures, hands, required = self.qc_plan(t)
+        dur = durations.sample()
         yield from self.analysts.acquire(1, hands)
         start = env.now
         if dur > hands:
@@ -29,8 +40,7 @@ class Release(ModelBase):
         else:
             yield env.timeout(hands)
             self._analyst_done(b, t.name, sampled, start)
-        failed = self.stream(f"qcfail:{t.name}").sample() < t.failure_probability
-        required = t.name in self.required_tests
+        failed = failures.sample() < t.failure_probability
         self.record.qc_result(b.coi, b.batch_no, t.name, sampled, start, env.now, "fail" if failed else "pass",
                               required)
         if failed and b.released is not None:
