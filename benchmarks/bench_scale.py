@@ -102,13 +102,68 @@ def measure(text: str, profile: bool = False) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+_STORE_CHILD = r"""
+import json, resource, sys, tempfile, time
+from celltx_mfg.config import parse_text
+from celltx_mfg.records import RecordSpool
+from celltx_mfg.simulate import simulate
+from celltx_mfg.store import open_store, write_run
+text, stream = open(sys.argv[1]).read(), sys.argv[2] == "1"
+sc = parse_text(text)
+with tempfile.TemporaryDirectory() as d:
+    spool = RecordSpool(d) if stream else None
+    t0 = time.perf_counter()
+    records = simulate(sc, replication=0, spool=spool)
+    t1 = time.perf_counter()
+    engine = open_store(d + "/runs.db")
+    write_run(engine, sc.name, text, records)
+    t2 = time.perf_counter()
+    rows = sum(records.count(name) for name, _ in records.TABLES)
+    engine.dispose()
+print(json.dumps({"simulate_s": t1 - t0, "store_s": t2 - t1, "rows": rows, "patients": len(records.patients),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure_stored(text: str, stream: bool) -> dict[str, Any]:
+    """One run simulated and stored in a fresh SQLite file, in a subprocess of its own (peak RSS)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        out = subprocess.run([sys.executable, "-c", _STORE_CHILD, f.name, "1" if stream else "0"],
+                             capture_output=True, text=True, env=env, check=True)
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def horizons(text: str, per_year: float, years: list[float]) -> None:
+    """Peak memory and time of simulate + write_run as the horizon grows, records held vs streamed."""
+    print(f"{per_year:g} patients a year, simulated and stored (SQLite); records held in memory vs streamed")
+    print(f"{'years':>5} {'mode':<8} {'rows':>10} {'sim s':>7} {'store s':>7} {'s/year':>7} {'peak MiB':>9}")
+    for y in years:
+        _, t = scaled(text, per_year, y)
+        for stream in (False, True):
+            r = measure_stored(t, stream)
+            total = r["simulate_s"] + r["store_s"]
+            print(f"{y:>5g} {'streamed' if stream else 'held':<8} {r['rows']:>10,} {r['simulate_s']:>7.1f} "
+                  f"{r['store_s']:>7.1f} {total / y:>7.1f} {r['peak_rss_mib']:>9.0f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--horizons", type=float, nargs="*", default=None,
+                    help="years: simulate and store one run per horizon, held vs streamed (peak RSS, time)")
+    ap.add_argument("--per-year", type=float, default=40000, help="plant size for --horizons")
     ap.add_argument("--years", type=float, default=5.0)
     ap.add_argument("--sizes", type=float, nargs="+", default=[500, 1000, 2000, 4000])
     ap.add_argument("--profile", type=float, default=None, help="profile this size instead of the table")
     args = ap.parse_args()
     _, text = load_scenario(ROOT / "scenarios" / "baseline.yaml")
+    if args.horizons:
+        horizons(text, args.per_year, args.horizons)
+        return
 
     if args.profile:
         sc, t = scaled(text, args.profile, args.years)

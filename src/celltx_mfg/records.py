@@ -7,9 +7,12 @@ also carry ``batch_no`` (``<coi>-A<attempt>``), so a record can never be attribu
 
 from __future__ import annotations
 
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
 
 class PatientRecord(NamedTuple):
@@ -182,6 +185,9 @@ class RunRecords:
     resources: list[ResourceSummary] = field(default_factory=list)
     costs: dict[str, float] = field(default_factory=dict)  # total cost components in the KPI window
     events: int = 0  # SimPy events processed (for benchmarks)
+    # rows of the STREAMED tables already handed to a spool (``simulate(..., spool=...)``): they come
+    # before the rows still in the lists above
+    spool: RecordSpool | None = field(default=None, repr=False, compare=False)
 
     TABLES = (
         ("patients", PatientRecord),
@@ -195,12 +201,25 @@ class RunRecords:
         ("resources", ResourceSummary),
     )
 
+    def rows(self, table: str) -> Iterator[tuple[Any, ...]]:
+        """Every row of ``table`` in record order: the spooled ones first, then those in memory."""
+        if self.spool is not None:
+            yield from self.spool.rows(table)
+        yield from getattr(self, table)
+
+    def count(self, table: str) -> int:
+        """How many rows ``table`` has, spooled ones included."""
+        return len(getattr(self, table)) + (self.spool.count(table) if self.spool is not None else 0)
+
     def frames(self) -> dict[str, object]:
-        """pandas DataFrames, one per record type, with the record's fields as columns."""
+        """pandas DataFrames, one per record type, with the record's fields as columns (a spooled run
+        is read back whole: analysis needs the full tables)."""
         import pandas as pd
 
         return {
-            name: pd.DataFrame(getattr(self, name), columns=list(cls._fields)) for name, cls in self.TABLES
+            name: pd.DataFrame(getattr(self, name) if self.spool is None else list(self.rows(name)),
+                               columns=list(cls._fields))
+            for name, cls in self.TABLES
         }
 
 
@@ -244,3 +263,121 @@ class Recorder:
     def release(self, coi: str, batch_no: str, time: float, mode: str, signer_role: str, meaning: str,
                 results_pending: str) -> None:
         self._releases.append(ReleaseRecord(coi, batch_no, time, mode, signer_role, meaning, results_pending))
+
+
+# ------------------------------------------------------------------------------------ streamed records
+# the tables the model appends to while it runs (patients, batches and resources come at the horizon)
+STREAMED = ("steps", "resource_uses", "qc_results", "deviations", "shipments", "releases")
+
+
+class RecordSink(Protocol):
+    """Where a streaming replication hands its records, one chunk of one table at a time, in event
+    order (``RecordSpool`` keeps them on disk for the writer)."""
+
+    def write(self, table: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+
+class RecordSpool:
+    """A replication's streamed records on disk, one temporary file per table, until the writer stores
+    them in its one transaction: the memory a run holds no longer grows with its horizon. Chunks are
+    pickled plain tuples; ``rows`` reads them back in the order they came. The files are anonymous
+    (``TemporaryFile``): they disappear when the spool is closed or the process dies, so an interrupted
+    run leaves nothing behind."""
+
+    def __init__(self, folder: str | None = None) -> None:
+        self._folder = folder
+        self._files: dict[str, IO[bytes]] = {}
+        self._counts: dict[str, int] = {}
+
+    def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        f = self._files.get(table)
+        if f is None:
+            f = self._files[table] = tempfile.TemporaryFile(prefix=f"celltx-{table}-", dir=self._folder)
+        pickle.dump([tuple(r) for r in rows], f, protocol=pickle.HIGHEST_PROTOCOL)
+        self._counts[table] = self._counts.get(table, 0) + len(rows)
+
+    def count(self, table: str) -> int:
+        return self._counts.get(table, 0)
+
+    def rows(self, table: str) -> Iterator[tuple[Any, ...]]:
+        """The table's spooled rows, oldest first (plain tuples in the record's field order)."""
+        f = self._files.get(table)
+        if f is None:
+            return
+        f.flush()
+        end = f.tell()
+        f.seek(0)
+        try:
+            while f.tell() < end:
+                yield from pickle.load(f)
+        finally:
+            f.seek(end)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self._counts.clear()
+
+
+class StreamingRecorder(Recorder):
+    """A ``Recorder`` that hands a table's rows to ``sink`` whenever ``chunk_rows`` have gathered, so a
+    replication holds at most one chunk per table (the check is one ``len`` per record). Rows for which
+    ``keep(table, row)`` is true are also kept in ``kept[table]``, in order, for an end-of-run summary
+    that must read them."""
+
+    __slots__ = ("_sink", "_limit", "_tables", "_keep", "kept")
+
+    def __init__(self, rec: RunRecords, sink: RecordSink, chunk_rows: int,
+                 keep: Callable[[str, Any], bool] | None = None) -> None:
+        super().__init__(rec)
+        self._sink = sink
+        self._limit = max(1, int(chunk_rows))
+        self._tables = {name: getattr(rec, name) for name in STREAMED}
+        self._keep = keep
+        self.kept: dict[str, list[Any]] = {name: [] for name in STREAMED}
+
+    def _full(self, table: str, rows: list[Any]) -> None:
+        if self._keep is not None:
+            keep = self._keep
+            self.kept[table].extend(r for r in rows if keep(table, r))
+        self._sink.write(table, rows)
+        rows.clear()  # in place: the model's RunRecords and this recorder share the list
+
+    def flush(self) -> None:
+        """Hand every table's gathered rows to the sink."""
+        for table, rows in self._tables.items():
+            if rows:
+                self._full(table, rows)
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        super().step(*args, **kwargs)
+        if len(self._steps) >= self._limit:
+            self._full("steps", self._steps)
+
+    def resource_use(self, *args: Any, **kwargs: Any) -> None:
+        super().resource_use(*args, **kwargs)
+        if len(self._uses) >= self._limit:
+            self._full("resource_uses", self._uses)
+
+    def qc_result(self, *args: Any, **kwargs: Any) -> None:
+        super().qc_result(*args, **kwargs)
+        if len(self._qc) >= self._limit:
+            self._full("qc_results", self._qc)
+
+    def deviation(self, *args: Any, **kwargs: Any) -> None:
+        super().deviation(*args, **kwargs)
+        if len(self._deviations) >= self._limit:
+            self._full("deviations", self._deviations)
+
+    def shipment(self, *args: Any, **kwargs: Any) -> None:
+        super().shipment(*args, **kwargs)
+        if len(self._shipments) >= self._limit:
+            self._full("shipments", self._shipments)
+
+    def release(self, *args: Any, **kwargs: Any) -> None:
+        super().release(*args, **kwargs)
+        if len(self._releases) >= self._limit:
+            self._full("releases", self._releases)

@@ -56,9 +56,9 @@ class ReplicationBackend(Protocol):
 def pack(records: RunRecords) -> dict[str, Any]:
     """Records as plain tuples for the trip to the writer: pickling named tuples one by one costs
     about four times as much, which on a small machine makes the parent the bottleneck."""
-    out = {f.name: getattr(records, f.name) for f in fields(records)}
+    out = {f.name: getattr(records, f.name) for f in fields(records) if f.name != "spool"}
     for name, _ in RunRecords.TABLES:
-        out[name] = [tuple(r) for r in out[name]]
+        out[name] = [tuple(r) for r in records.rows(name)]
     return out
 
 

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import struct
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,7 +61,7 @@ def _field_fault(spec: _Spec, f: str, k: str, opt: bool, v: Any) -> str:
     return ""
 
 
-def _diagnose(spec: _Spec, rows: Sequence[Sequence[Any]]) -> tuple[int, str]:
+def _diagnose(spec: _Spec, rows: Iterable[Sequence[Any]]) -> tuple[int, str]:
     """Find the row a write choked on and say why: the first that breaks a type, enumeration or
     uniqueness rule (rows go to SQLite in groups, so its message cannot say). Runs only after a
     failure, so it may be slow; ``(-1, "")`` when no row is to blame (disk full, ...)."""
@@ -115,6 +115,17 @@ def _insert_core(conn: Connection, spec: _Spec, rows: Iterator[tuple[Any, ...]])
         conn.execute(spec.table.insert(), [dict(zip(cols, t, strict=True)) for t in chunk])
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """A table of a spooled run as an iterable that can be read again (to find a failing row)."""
+
+    records: RunRecords
+    table: str
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self.records.rows(self.table)
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Millions of fresh tuples: the cyclic collector would rescan them again and again."""
@@ -132,7 +143,7 @@ class _Progress:
     """Which table a write is in, so a failure can be traced to the row that caused it."""
 
     spec: _Spec | None = None
-    rows: Sequence[Any] = field(default_factory=tuple)
+    rows: Iterable[Sequence[Any]] = field(default_factory=tuple)
 
     def where(self) -> str:
         if self.spec is None:
@@ -150,7 +161,7 @@ def _run_row(records: RunRecords, label: str | None, started: datetime | None) -
         "events": int(records.events),
         "costs_json": json.dumps({str(k): float(v) for k, v in records.costs.items()}, sort_keys=True),
         "label": label,
-        "row_counts": json.dumps({spec.name: len(getattr(records, spec.attr)) for spec in _SPECS}),
+        "row_counts": json.dumps({spec.name: records.count(spec.attr) for spec in _SPECS}),
     }
 
 
@@ -161,7 +172,7 @@ def _write_records(conn: Connection, records: RunRecords, run_id: int, prev: byt
     rec: defaultdict[str, Any] = defaultdict(hashlib.sha256)
     state: list[Any] = [None]
     for spec in _SPECS:
-        rows: Sequence[Any] = getattr(records, spec.attr)
+        rows: Iterable[Any] = getattr(records, spec.attr) if records.spool is None else _Rows(records, spec.attr)
         if spec.name == "release":  # sign each batch record as it stands
             b = spec.fields.index("batch_no")
             rows = [(*r, _record_hex(rec, r[b])) for r in rows]
