@@ -85,3 +85,15 @@ def test_empty_plant_forecast_matches_plain_runs_in_distribution(baseline: tuple
     mean_f, mean_p = sum(fc) / len(fc), sum(plain) / len(plain)
     sd = math.sqrt(sum((x - mean_p) ** 2 for x in plain + fc) / (len(plain) + len(fc) - 1))
     assert abs(mean_f - mean_p) < 3 * sd * math.sqrt(2 / len(fc))
+
+
+def test_cli_forecast_bad_paths_exit_2(tmp_path: object) -> None:
+    from typer.testing import CliRunner
+
+    from celltx_mfg.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["forecast", "/no/such/state", "--scenario", SCENARIO])
+    assert missing.exit_code == 2 and "no such plant-state" in missing.output
+    bad_scenario = runner.invoke(app, ["forecast", str(tmp_path), "--scenario", "/no/such.yaml"])
+    assert bad_scenario.exit_code == 2 and "Traceback" not in bad_scenario.output
