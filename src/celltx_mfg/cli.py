@@ -476,8 +476,10 @@ def version() -> None:
 
 
 from .cli_experiments import register as _register_experiments  # noqa: E402  (needs `app` above)
+from .cli_forecast import register as _register_forecast  # noqa: E402
 
 _register_experiments(app)
+_register_forecast(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point convenience

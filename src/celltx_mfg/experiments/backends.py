@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
@@ -30,14 +30,18 @@ from .errors import ExperimentError
 BackendName = Literal["local", "ray"]
 # What a worker sends back: the run's KPIs and, when the parent stores runs, its packed records.
 Outcome = tuple[dict[str, Any], dict[str, Any] | None]
+# Other work a replication may be (a forecast from a plant state): called in the worker instead of a plain
+# run, with the same arguments; it must be picklable (a module-level function or a dataclass instance).
+Work = Callable[[Scenario, int, int, bool], Any]
 _STOP_TIMEOUT_S = 5.0  # how long an aborted pool waits for its stopped workers to exit
 
 
 class ReplicationBackend(Protocol):
     """What the scheduler needs of a place to run replications. Handles are opaque to it."""
 
-    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Any:
-        """Start one replication; returns a handle."""
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool,
+               work: Work | None = None) -> Any:
+        """Start one replication (``work`` instead of a plain run, when given); returns a handle."""
 
     def wait(self, handles: set[Any]) -> list[Any]:
         """Block until at least one of ``handles`` has finished; return those that have."""
@@ -69,9 +73,12 @@ def unpack(packed: dict[str, Any]) -> RunRecords:
     return RunRecords(**data)
 
 
-def replicate(scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Outcome:
+def replicate(scenario: Scenario, replication: int, seed: int, keep_records: bool,
+              work: Work | None = None) -> Outcome:
     """One replication in a worker: KPIs always, the records only when the parent will store them
-    (shipping a plant-year of records costs more than computing its KPIs)."""
+    (shipping a plant-year of records costs more than computing its KPIs); ``work`` runs instead when given."""
+    if work is not None:
+        return cast(Outcome, work(scenario, replication, seed, keep_records))
     records = simulate(scenario, seed=seed, replication=replication)
     k = analysis.kpis(records.frames(), records.horizon, records.warmup, records.costs or None)
     return k, (pack(records) if keep_records else None)
@@ -139,9 +146,10 @@ class InlineBackend:
         self._queue: dict[int, tuple[Any, ...]] = {}
         self._next = 0
 
-    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> int:
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool,
+               work: Work | None = None) -> int:
         self._next += 1
-        self._queue[self._next] = (scenario, replication, seed, keep_records)
+        self._queue[self._next] = (scenario, replication, seed, keep_records, work)
         return self._next
 
     def wait(self, handles: set[Any]) -> list[Any]:
@@ -273,9 +281,10 @@ class LocalPoolBackend:
                 self._sigterm_previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
                 self._sigterm_installed = True
 
-    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> int:
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool,
+               work: Work | None = None) -> int:
         self._next += 1
-        self._queued[self._next] = (scenario, replication, seed, keep_records)
+        self._queued[self._next] = (scenario, replication, seed, keep_records, work)
         self._dispatch()
         return self._next
 
@@ -445,8 +454,9 @@ class RayBackend:
             self._refs[key] = (scenario, self._ray.put(scenario))
         return self._refs[key][1]
 
-    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool) -> Any:
-        return self._task.remote(self._scenario_ref(scenario), replication, seed, keep_records)
+    def submit(self, scenario: Scenario, replication: int, seed: int, keep_records: bool,
+               work: Work | None = None) -> Any:
+        return self._task.remote(self._scenario_ref(scenario), replication, seed, keep_records, work)
 
     def wait(self, handles: set[Any]) -> list[Any]:
         ready, _ = self._ray.wait(list(handles), num_returns=1)

@@ -29,9 +29,11 @@ RESCHEDULED = "rescheduled"  # activity of the manufacturing_slot record of a st
 class ModelBase:
     """One replication's state; the stage mixins read and change it."""
 
-    def __init__(self, sc: Scenario, seed: int, replication: int = 0) -> None:
+    def __init__(self, sc: Scenario, seed: int, replication: int = 0, start_time: float = 0.0) -> None:
+        """``start_time``: the clock's first reading (a forecast starts at its state's ``as_of``; a plain run
+        at day 0)."""
         self.sc = sc
-        self.env = simpy.Environment()
+        self.env = simpy.Environment(initial_time=start_time)
         self.streams = Streams(seed)
         self._stream_of = self.streams._streams  # the streams by name, read without a call on hot paths
         self._step_streams: dict[tuple[str, int], tuple[Stream, Stream | None]] = {}

@@ -489,6 +489,23 @@ class SlotBook:
         self._queued = True
         return slot.event
 
+    def place(self, slot: SlotBooking, day: int, suite: str | None = None) -> None:
+        """Book ``slot`` on ``day`` as a plant's plan already has it (a forecast starting from a state),
+        whatever the booking rules would offer now: its start and chair days, and its suite booking on
+        ``suite`` when that suite is projected free for it, else on the best-fitting free one, else on
+        none (the batch then asks for any suite when it is ready). The slot's event has succeeded."""
+        cal: SuiteCalendar | None = None
+        s = e = 0.0
+        if slot.plan is not None and self.projection is not None:
+            if slot.plan not in self.plans:
+                self.plans.append(slot.plan)
+            s, e = self.projection.interval(slot.product, slot.site, day, slot.infectious)
+            e = max(e, self.env.now + EPS)
+            named = next((c for c in slot.plan.calendars if c.name == suite), None)
+            cal = named if named is not None and named.slack(s, e) is not None else slot.plan.find(s, e)
+        self._place(slot, day, cal, s, e)
+        slot.event.succeed(slot)
+
     def _has_waitlist(self) -> bool:
         """Whether anyone waits, counting requests cancelled since the last serve (it forgets them)."""
         return self._live + self._stale > 0
