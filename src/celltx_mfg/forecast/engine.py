@@ -204,18 +204,7 @@ class ForecastModel(Model):
         aph_day = slot.aph_day if slot is not None else lp.aph_day
         if aph_day is None:  # collect_then_queue: the chair day book_as_is booked
             aph_day = max(d for d, n in chairs.booked.items() if n > 0)
-        alive = yield from self.wait_for_apheresis(p, b, slot, aph_day)
-        if not alive:
-            self.cancel_collection(b, chairs, slot, aph_day)
-            return Outcome.ABANDONED
-        if slot is not None:
-            slot.collected = True
-            aph_day = slot.aph_day
-        yield from self.apheresis(p, b, site, aph_day)
-        outcome = yield from self.inbound(p, b, site)
-        if outcome is not None:
-            self.slotbook.release(slot, processed=False)
-        return outcome
+        return (yield from self.collect_booked(p, b, site, chairs, slot, aph_day))
 
     def inbound_resumed(self, p: Patient, b: Batch, lp: st.LivePatient) -> Proc:
         """Material on its way: the rest of the leg, its whole length judged against the shipper's hold."""

@@ -24,6 +24,12 @@ class Collection(ModelBase):
         if booking is None:
             return Outcome.ABANDONED
         slot, aph_day = booking
+        return (yield from self.collect_booked(p, b, site, chairs, slot, aph_day))
+
+    def collect_booked(self, p: Patient, b: Batch, site: Site, chairs: DayBook, slot: SlotBooking | None,
+                       aph_day: int) -> Proc:
+        """From a booked apheresis day to the plant's door: shared by a new patient's journey and a
+        forecast's resumed one, so both lose and give back a booked suite the same way."""
         alive = yield from self.wait_for_apheresis(p, b, slot, aph_day)
         if not alive:
             self.cancel_collection(b, chairs, slot, aph_day)
