@@ -97,3 +97,12 @@ __all__ = [
     "_reason", "_record_hex", "_run_body", "_run_rows", "_run_seal", "_sqlite_settings", "_where", "_write_run",
     "_write_txn",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``write_forecast``, ``read_forecasts`` and ``read_forecast`` on first use: store/forecasts.py
+    imports the forecast's result types, which the rest of the store does not need."""
+    if name in ("write_forecast", "read_forecasts", "read_forecast", "StoredForecast"):
+        from . import forecasts
+        return getattr(forecasts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,9 @@ tables and enters every scenario, run and correction already stored in the ledge
 they are sealed by this installation's key as they are found (``verify`` an old store before migrating
 it if in doubt). Releases of adopted runs carry no role signature; their record digests and the run's
 hash chain still cover them.
+
+Version 3 added the forecast tables (store/forecasts.py) and the ledger kind ``forecast``; the step
+creates the tables and widens the ledger's check on its kind.
 """
 
 from collections.abc import Callable
@@ -25,7 +28,17 @@ from sqlmodel import SQLModel
 from ._common import StoreError
 from .hashing import scenario_digest
 from .keys import signing_keys
-from .schema import _SEAL_TABLES, CORRECTION, LEDGER, RECORD_TABLES, RUN, SCENARIO, SCHEMA_VERSION
+from .schema import (
+    _FORECAST_TABLES,
+    _SEAL_TABLES,
+    CORRECTION,
+    LEDGER,
+    LEDGER_KINDS,
+    RECORD_TABLES,
+    RUN,
+    SCENARIO,
+    SCHEMA_VERSION,
+)
 from .seals import Entry, append
 
 Migration = Callable[[Connection], None]
@@ -47,8 +60,38 @@ def _adopt_into_ledger(conn: Connection) -> None:
         append(conn, signing_keys(), todo, adopted=True)
 
 
+_LEDGER_KIND_CHECK = "ck_ledger_kind"
+
+
+def _widen_ledger_kinds(conn: Connection) -> None:
+    """Let the ledger hold the kinds of this version (its CHECK on ``kind``). PostgreSQL swaps the
+    constraint; SQLite, which cannot alter one, rebuilds the table in the same transaction: entries are
+    copied as they are (seq, time, head: the chain is unchanged) and the append-only triggers, which go
+    with the old table, are re-created by the open that runs this step (store/guards.py)."""
+    kinds = ", ".join(f"'{k}'" for k in LEDGER_KINDS)
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(f'ALTER TABLE {LEDGER.name} DROP CONSTRAINT IF EXISTS {_LEDGER_KIND_CHECK}, '
+                             f"ADD CONSTRAINT {_LEDGER_KIND_CHECK} CHECK (kind IN ({kinds}))")
+        return
+    old = f"{LEDGER.name}_before_v3"
+    cols = ", ".join(f'"{c.name}"' for c in LEDGER.columns)
+    conn.exec_driver_sql(f'ALTER TABLE "{LEDGER.name}" RENAME TO "{old}"')
+    for ix in LEDGER.indexes:
+        conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{ix.name}"')
+    SQLModel.metadata.create_all(conn, tables=[LEDGER])
+    conn.exec_driver_sql(f'INSERT INTO "{LEDGER.name}" ({cols}) SELECT {cols} FROM "{old}" ORDER BY seq')
+    conn.exec_driver_sql(f'DROP TABLE "{old}"')
+
+
+def _add_forecast_tables(conn: Connection) -> None:
+    """2 -> 3: the forecast tables (store/forecasts.py) and the ledger kind ``forecast``. Self-contained,
+    so it can be renumbered when other steps are merged; safe to repeat."""
+    SQLModel.metadata.create_all(conn, tables=_FORECAST_TABLES)
+    _widen_ledger_kinds(conn)
+
+
 # from version N to N + 1; each step runs inside the caller's transaction and must not commit
-MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger}
+MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger, 2: _add_forecast_tables}
 
 META_TABLE = "celltx_meta"
 _VERSION_KEY = "schema_version"

@@ -21,7 +21,7 @@ from ..records import RunRecords
 from ._common import _q
 from .hashing import RowBody, RowChain, compile_row_code
 
-SCHEMA_VERSION = 2  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
+SCHEMA_VERSION = 3  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
 # raising it needs a step in store/migrate.py MIGRATIONS
 
 RESOURCE_KINDS = ("suite", "incubator", "closed_device", "freezer", "operators", "qc_analysts",
@@ -235,7 +235,7 @@ class CorrectionRow(SQLModel, table=True):
     digest: bytes  # chains the run's corrections on from run.chain_head
 
 
-LEDGER_KINDS = ("scenario", "run", "correction")
+LEDGER_KINDS = ("scenario", "run", "correction", "forecast")
 
 
 class LedgerRow(SQLModel, table=True):
@@ -248,7 +248,7 @@ class LedgerRow(SQLModel, table=True):
                       Index("ix_ledger_ref", "kind", "ref_id"))
     seq: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
     kind: str
-    ref_id: int = Field(sa_type=sa.BigInteger)  # scenario.id, run.id or correction.id
+    ref_id: int = Field(sa_type=sa.BigInteger)  # scenario.id, run.id, correction.id or forecast.id
     digest: bytes  # the object's own sha256 seal (scenario fields; run.digest; correction.digest)
     adopted: bool = False  # entered by the schema 2 migration for an object written before the ledger
     time: str  # UTC ISO timestamp
@@ -269,19 +269,107 @@ class ReleaseSignatureRow(SQLModel, table=True):
     signature: bytes
 
 
+# ------------------------------------------------------------------------------ forecasts (schema 3)
+# A forecast from a plant state (celltx forecast --db): one ``forecast`` row, its per-patient rows and
+# its capacity-load rows, written whole in one transaction. The rows are chained by sha256 from a genesis
+# of the forecast's id and hashes to ``forecast.chain_head``; ``forecast.digest`` seals the row and the
+# head, and is entered in the keyed ledger (kind ``forecast``). Append-only like the batch record: a
+# forecast is what the plant was told on that day, never rewritten. Datetimes are ISO text.
+FORECAST_LOAD_RESOURCES = ("suite", "qc_analysts", "qa_reviewers")
+
+
+class ForecastRow(SQLModel, table=True):
+    """One stored forecast: where it started from (state, scenario, seed), how (replications, horizon),
+    and its seals. ``id`` is chosen in the writing transaction (under the ledger lock), so the row is
+    inserted whole, sealed, and never updated."""
+
+    __tablename__ = "forecast"
+    __table_args__ = (CheckConstraint("replications > 0 AND patient_count >= 0 AND load_count >= 0",
+                                      name="ck_forecast_counts"),)
+    id: int = Field(primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False})
+    created: str  # UTC ISO timestamp of the write
+    as_of: str  # ISO datetime of the plant state
+    replications: int
+    horizon_days: float
+    scenario_name: str
+    scenario_hash: str
+    state_hash: str
+    seed: int = Field(sa_type=sa.BigInteger)
+    package_version: str
+    label: str | None = None
+    patient_count: int  # rows written with it: a removed last row is told from a changed one
+    load_count: int
+    chain_head: str  # hex digest of its last patient or load row (of the genesis when it has none)
+    digest: bytes
+
+
+class ForecastPatientRow(SQLModel, table=True):
+    """One live patient's forecast, by the state's chain-of-identity id; a quantile left NULL is a date
+    after the forecast's horizon."""
+
+    __tablename__ = "forecast_patient"
+    __table_args__ = (
+        CheckConstraint("p_lost >= 0 AND p_lost <= 1", name="ck_forecast_patient_p_lost"),
+        CheckConstraint("p_infused_by_booked_date IS NULL OR (p_infused_by_booked_date >= 0 AND "
+                        "p_infused_by_booked_date <= 1)", name="ck_forecast_patient_p_booked"),
+        CheckConstraint(_bool_check("at_risk"), name="ck_forecast_patient_at_risk").ddl_if(dialect="sqlite"),
+        Index("ix_forecast_patient_coi", "coi"),
+        {"sqlite_with_rowid": False},
+    )
+    forecast_id: int = Field(primary_key=True, foreign_key="forecast.id", sa_type=sa.BigInteger)
+    row_seq: int = Field(primary_key=True)
+    coi: str
+    stage: str
+    release_p10: str | None = None
+    release_p50: str | None = None
+    release_p90: str | None = None
+    infusion_p10: str | None = None
+    infusion_p50: str | None = None
+    infusion_p90: str | None = None
+    p_infused_by_booked_date: float | None = None
+    p_lost: float
+    booked_infusion: str | None = None
+    at_risk: bool
+    digest: bytes
+
+
+class ForecastLoadRow(SQLModel, table=True):
+    """One week's utilisation band of one resource (suites, QC analysts, QA reviewers)."""
+
+    __tablename__ = "forecast_load"
+    __table_args__ = (
+        CheckConstraint(_enum_check("resource", FORECAST_LOAD_RESOURCES), name="ck_forecast_load_resource"),
+        {"sqlite_with_rowid": False},
+    )
+    forecast_id: int = Field(primary_key=True, foreign_key="forecast.id", sa_type=sa.BigInteger)
+    row_seq: int = Field(primary_key=True)
+    resource: str
+    week: int
+    start: str
+    p10: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    digest: bytes
+
+
 SCENARIO = table_of(ScenarioRow)
 RUN = table_of(RunRow)
 CORRECTION = table_of(CorrectionRow)
 LEDGER = table_of(LedgerRow)
 RELEASE_SIGNATURE = table_of(ReleaseSignatureRow)
+FORECAST = table_of(ForecastRow)
+FORECAST_PATIENT = table_of(ForecastPatientRow)
+FORECAST_LOAD = table_of(ForecastLoadRow)
 _ALL_TABLES = [SCENARIO, RUN, *(s.table for s in _SPECS), CORRECTION]  # the exported tables
 _SEAL_TABLES = [LEDGER, RELEASE_SIGNATURE]  # store-internal: the seals over the exported ones
-_STORE_TABLES = [*_ALL_TABLES, *_SEAL_TABLES]
+_FORECAST_TABLES = [FORECAST, FORECAST_PATIENT, FORECAST_LOAD]  # forecasts from plant states (schema 3)
+_STORE_TABLES = [*_ALL_TABLES, *_SEAL_TABLES, *_FORECAST_TABLES]
 
 
 def _guarded_tables() -> tuple[str, ...]:
     """The tables whose rows can be neither changed nor deleted (``run`` has its own rule)."""
-    return (*RECORD_TABLES, "correction", "scenario", "ledger", "release_signature")
+    return (*RECORD_TABLES, "correction", "scenario", "ledger", "release_signature",
+            *(t.name for t in _FORECAST_TABLES))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Integrity check of the batch log: recompute every record chain, run seal and release signature, the
-keyed seals of the ledger (store/seals.py) and the append-only triggers' definitions (store/guards.py).
+keyed seals of the ledger (store/seals.py), the stored forecasts (store/forecast_check.py) and the
+append-only triggers' definitions (store/guards.py).
 
 Each row is checked against the stored digest of the row before it, so a finding names the row itself:
 a changed row fails its own link (or, if its digest was recomputed too, the next row's), a gap in
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ._common import Problem, ProblemKind, _reading
+from .forecast_check import forecast_problems
 from .guards import guard_problems
 from .hashing import _correction_body, _genesis, _record_hex, _run_seal, scenario_digest
 from .keys import load_keys
@@ -243,6 +245,7 @@ def verify(engine: Engine, run_id: int | None = None, expect_heads: Sequence[str
         if run_id is None:
             _verify_scenarios(conn, seals, problems)
             _verify_orphans(conn, problems, seals.has_signatures)
+            problems += forecast_problems(conn, seals, sa.inspect(conn).get_table_names())
             problems += seals.unentered()
             problems += guard_problems(conn)
         else:
