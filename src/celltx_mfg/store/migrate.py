@@ -14,6 +14,9 @@ tables and enters every scenario, run and correction already stored in the ledge
 they are sealed by this installation's key as they are found (``verify`` an old store before migrating
 it if in doubt). Releases of adopted runs carry no role signature; their record digests and the run's
 hash chain still cover them.
+
+Version 3 added ``scenario_note`` (labels, descriptions and hidden flags of scenarios, append-only,
+store/notes.py): the step creates the empty table; the writable open then installs its triggers.
 """
 
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from sqlmodel import SQLModel
 from ._common import StoreError
 from .hashing import scenario_digest
 from .keys import signing_keys
-from .schema import _SEAL_TABLES, CORRECTION, LEDGER, RECORD_TABLES, RUN, SCENARIO, SCHEMA_VERSION
+from .schema import _NOTE_TABLES, _SEAL_TABLES, CORRECTION, LEDGER, RECORD_TABLES, RUN, SCENARIO, SCHEMA_VERSION
 from .seals import Entry, append
 
 Migration = Callable[[Connection], None]
@@ -47,8 +50,13 @@ def _adopt_into_ledger(conn: Connection) -> None:
         append(conn, signing_keys(), todo, adopted=True)
 
 
+def _add_scenario_notes(conn: Connection) -> None:
+    """2 -> 3: the (empty) scenario note table; nothing stored before it changes."""
+    SQLModel.metadata.create_all(conn, tables=_NOTE_TABLES)
+
+
 # from version N to N + 1; each step runs inside the caller's transaction and must not commit
-MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger}
+MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger, 2: _add_scenario_notes}
 
 META_TABLE = "celltx_meta"
 _VERSION_KEY = "schema_version"
