@@ -118,7 +118,7 @@ def test_schema_2_store_is_migrated_to_3(tmp_path: Path) -> None:
     before = con.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
     ledger_sql = con.execute("SELECT sql FROM sqlite_master WHERE name = 'ledger'").fetchone()[0]
     con.close()
-    _sql(p, "DROP TABLE forecast_load", "DROP TABLE forecast_patient", "DROP TABLE forecast",
+    _sql(p, "DROP TABLE scenario_note", "DROP TABLE forecast_load", "DROP TABLE forecast_patient", "DROP TABLE forecast",
          "ALTER TABLE ledger RENAME TO l_old", "DROP INDEX ix_ledger_ref",
          ledger_sql.replace(", 'forecast'", ""), "INSERT INTO ledger SELECT * FROM l_old", "DROP TABLE l_old",
          "CREATE INDEX ix_ledger_ref ON ledger (kind, ref_id)", "PRAGMA user_version = 2")
@@ -126,7 +126,7 @@ def test_schema_2_store_is_migrated_to_3(tmp_path: Path) -> None:
         open_store(str(p), readonly=True)
     e = open_store(str(p))
     con = sqlite3.connect(p)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
     assert con.execute("SELECT * FROM ledger ORDER BY seq").fetchall() == before
     con.close()
     assert verify(e) == []

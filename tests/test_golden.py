@@ -26,8 +26,8 @@ KEYED = {("ledger", "key_id"), ("ledger", "head"), ("release_signature", "key_id
          ("release_signature", "signature")}
 
 GOLDEN = {
-    "run": "19b9cebabe2d0193739a5c0daf7302d27c5bc708972849f475335268d0026e6e",
-    "sweep": "ec67cd0a713ff85b9e1a9d8efbf6bb0735dc530df54064620c50eda1b0bb95ca",
+    "run": "b27f77b2cf5a16180b1c62842ec8e2cedadedc81346cb592a47a8c5656e37621",
+    "sweep": "b063f635ad5760d32a4289122a0af59c5ec560910309d06a77a9293f0a97bb61",
 }
 
 

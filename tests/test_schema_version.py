@@ -71,7 +71,7 @@ def _add_label(conn: sa.Connection) -> None:
 def test_new_store_gets_the_version_and_reopens(tmp_path: Path) -> None:
     p = tmp_path / "s.db"
     _store_with_run(p)
-    assert _user_version(p) == store.SCHEMA_VERSION == 3
+    assert _user_version(p) == store.SCHEMA_VERSION == 4
     e = open_store(str(p))
     assert verify(e) == [] and len(store.list_runs(e)) == 1
     e.dispose()
@@ -216,7 +216,7 @@ def test_schema_1_store_is_adopted_into_the_ledger(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="schema version 1 is older"):
         open_store(str(p), readonly=True)
     e = open_store(str(p))
-    assert _user_version(p) == store.SCHEMA_VERSION == 3
+    assert _user_version(p) == store.SCHEMA_VERSION == 4
     con = sqlite3.connect(p)
     entries = con.execute("SELECT seq, kind, ref_id, adopted FROM ledger ORDER BY seq").fetchall()
     con.close()

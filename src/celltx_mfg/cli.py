@@ -251,6 +251,31 @@ def export(
 
 
 @app.command()
+def label(
+    scenario: str = typer.Argument(..., help="scenario name as stored (see `celltx kpis` or the dashboard)"),
+    db: str = DB_OPTION,
+    text: str | None = typer.Option(None, "--label", help="a short label the dashboard shows; '' clears it"),
+    description: str | None = typer.Option(None, "--description", help="what the scenario is for; '' clears it"),
+    hide: bool | None = typer.Option(None, "--hide/--show", help="hide it from the dashboard's lists, or show it"),
+    actor: str = typer.Option("planner", "--actor", help="who gives the note (person or role)"),
+) -> None:
+    """Label, describe, hide or show a scenario. Notes are appended (the newest wins); runs are untouched."""
+    from . import store
+
+    if text is None and description is None and hide is None:
+        fail("nothing to change: give --label, --description, --hide or --show")
+    if "://" not in db and not Path(db).exists():
+        fail(f"database {db} does not exist: create it with `celltx run scenarios/baseline.yaml --db {db}`")
+    engine = open_db(db)
+    with handled(db):
+        note = store.write_scenario_note(engine, scenario, label=text, description=description, hidden=hide,
+                                         actor=actor)
+    shown = "hidden" if note.hidden else "shown"
+    out.print(f"{scenario}: label {note.label or '(none)'!s}, {shown}"
+              + (f"; {note.description}" if note.description else ""), markup=False)
+
+
+@app.command()
 def check(
     file: Path = typer.Argument(..., help=FILE_HELP),
     require: list[str] = typer.Option(..., "--require", help="e.g. 'vein_to_vein_days.p90<=28' (repeatable)"),

@@ -59,6 +59,7 @@ from .hashing import (
     scenario_digest,
 )
 from .keys import KEY_FILE_ENV, Keyring, default_key_file, key_file, key_id, load_keys
+from .notes import ScenarioNote, note_history, scenario_notes, write_scenario_note
 from .open import _sqlite_settings, open_store
 from .read import _run_rows, list_runs, list_scenarios, load_frames, load_run_meta, scenario_text
 from .schema import (
@@ -90,7 +91,7 @@ __all__ = [
     "export_batch_csv", "export_csv", "export_parquet", "key_file", "key_id", "ledger_head", "list_runs",
     "list_scenarios", "load_frames", "load_keys", "load_run_meta", "open_store", "record_correction",
     "reference_body", "reference_chain", "release_signature", "scenario_digest", "scenario_text", "verify",
-    "write_run",
+    "write_run", "ScenarioNote", "note_history", "scenario_notes", "write_scenario_note",
     # private, used by tests and benchmarks
     "_ALL_TABLES", "_BATCH_RECORD_TABLES", "_BY_NAME", "_SPECS", "_TABLE_DEFS", "_Spec", "_append_only_ddl",
     "_correction_body", "_diagnose", "_genesis", "_insert_sqlite", "_iso", "_now", "_package_version", "_q",

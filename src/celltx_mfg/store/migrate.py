@@ -17,6 +17,8 @@ hash chain still cover them.
 
 Version 3 added the forecast tables (store/forecasts.py) and the ledger kind ``forecast``; the step
 creates the tables and widens the ledger's check on its kind.
+Version 4 added ``scenario_note`` (labels, descriptions and hidden flags of scenarios, append-only,
+store/notes.py): the step creates the empty table; the writable open then installs its triggers.
 """
 
 from collections.abc import Callable
@@ -30,6 +32,7 @@ from .hashing import scenario_digest
 from .keys import signing_keys
 from .schema import (
     _FORECAST_TABLES,
+    _NOTE_TABLES,
     _SEAL_TABLES,
     CORRECTION,
     LEDGER,
@@ -90,8 +93,13 @@ def _add_forecast_tables(conn: Connection) -> None:
     _widen_ledger_kinds(conn)
 
 
+def _add_scenario_notes(conn: Connection) -> None:
+    """3 -> 4: the (empty) scenario note table; nothing stored before it changes."""
+    SQLModel.metadata.create_all(conn, tables=_NOTE_TABLES)
+
+
 # from version N to N + 1; each step runs inside the caller's transaction and must not commit
-MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger, 2: _add_forecast_tables}
+MIGRATIONS: dict[int, Migration] = {1: _adopt_into_ledger, 2: _add_forecast_tables, 3: _add_scenario_notes}
 
 META_TABLE = "celltx_meta"
 _VERSION_KEY = "schema_version"

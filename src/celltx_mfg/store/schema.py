@@ -21,7 +21,7 @@ from ..records import RunRecords
 from ._common import _q
 from .hashing import RowBody, RowChain, compile_row_code
 
-SCHEMA_VERSION = 3  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
+SCHEMA_VERSION = 4  # the layout this module creates: PRAGMA user_version on SQLite, celltx_meta on PostgreSQL;
 # raising it needs a step in store/migrate.py MIGRATIONS
 
 RESOURCE_KINDS = ("suite", "incubator", "closed_device", "freezer", "operators", "qc_analysts",
@@ -352,8 +352,30 @@ class ForecastLoadRow(SQLModel, table=True):
     digest: bytes
 
 
+class ScenarioNoteRow(SQLModel, table=True):
+    """A planner's note on a scenario name: a label, a description and whether lists hide it.
+
+    Notes are append-only like the records they describe: a change is a new row and the newest row of a
+    scenario name wins whole (store/notes.py carries the fields a change leaves out over from the row
+    before). Hiding a scenario only hides it from lists; its runs stay stored and verifiable."""
+
+    __tablename__ = "scenario_note"
+    __table_args__ = (
+        CheckConstraint("length(scenario_name) > 0 AND length(actor) > 0", name="ck_scenario_note_named"),
+        Index("ix_scenario_note_name", "scenario_name", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    scenario_name: str  # scenario.name (every text stored under that name)
+    label: str | None = None
+    description: str | None = None
+    hidden: bool = False
+    time: str  # UTC ISO timestamp
+    actor: str
+
+
 SCENARIO = table_of(ScenarioRow)
 RUN = table_of(RunRow)
+SCENARIO_NOTE = table_of(ScenarioNoteRow)
 CORRECTION = table_of(CorrectionRow)
 LEDGER = table_of(LedgerRow)
 RELEASE_SIGNATURE = table_of(ReleaseSignatureRow)
@@ -363,13 +385,14 @@ FORECAST_LOAD = table_of(ForecastLoadRow)
 _ALL_TABLES = [SCENARIO, RUN, *(s.table for s in _SPECS), CORRECTION]  # the exported tables
 _SEAL_TABLES = [LEDGER, RELEASE_SIGNATURE]  # store-internal: the seals over the exported ones
 _FORECAST_TABLES = [FORECAST, FORECAST_PATIENT, FORECAST_LOAD]  # forecasts from plant states (schema 3)
-_STORE_TABLES = [*_ALL_TABLES, *_SEAL_TABLES, *_FORECAST_TABLES]
+_NOTE_TABLES = [SCENARIO_NOTE]  # planners' notes on scenarios: not GMP records, not exported with them
+_STORE_TABLES = [*_ALL_TABLES, *_SEAL_TABLES, *_FORECAST_TABLES, *_NOTE_TABLES]
 
 
 def _guarded_tables() -> tuple[str, ...]:
     """The tables whose rows can be neither changed nor deleted (``run`` has its own rule)."""
     return (*RECORD_TABLES, "correction", "scenario", "ledger", "release_signature",
-            *(t.name for t in _FORECAST_TABLES))
+            *(t.name for t in _FORECAST_TABLES), "scenario_note")
 
 
 @dataclass(frozen=True)
