@@ -258,15 +258,31 @@ class Selection:
         return len(self.run_ids)
 
 
+INCOMPLETE = "incomplete"
+
+
+def _incomplete(g: pd.DataFrame) -> tuple[int, int] | None:
+    """(stored, planned) replications of a group its labels say was cut short (What-if left mid-run)."""
+    from celltx_mfg.experiments import planned_size
+
+    sizes = [n for n in (planned_size(x if isinstance(x, str) else None) for x in g["label"]) if n]
+    stored = int(g["replication"].nunique())
+    return (stored, max(sizes)) if sizes and stored < max(sizes) else None
+
+
 def scenario_keys(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Display key -> that scenario text's runs (sorted by replication), newest scenario first."""
+    """Display key -> that scenario text's runs (sorted by replication), newest complete scenario first;
+    scenarios stored incomplete (a what-if interrupted) come last, marked ``(incomplete k of N)``."""
     hashes_per_name = runs.groupby("scenario")["scenario_hash"].nunique()
-    out: list[tuple[int, str, pd.DataFrame]] = []
+    out: list[tuple[bool, int, str, pd.DataFrame]] = []
     for (name, h), g in runs.groupby(["scenario", "scenario_hash"], sort=False):
         key = str(name) if hashes_per_name[name] == 1 else f"{name} · {str(h)[:8]}"
-        out.append((int(g["id"].max()), key, g.sort_values(["replication", "id"])))
-    out.sort(key=lambda t: -t[0])
-    return {k: g for _, k, g in out}
+        cut = _incomplete(g)
+        if cut is not None:
+            key += f" ({INCOMPLETE} {cut[0]} of {cut[1]})"
+        out.append((cut is not None, int(g["id"].max()), key, g.sort_values(["replication", "id"])))
+    out.sort(key=lambda t: (t[0], -t[1]))
+    return {k: g for _, _, k, g in out}
 
 
 def remember(widget_key: str, keep_key: str, valid: Sequence[Any], default: Any, multi: bool = False) -> dict:

@@ -313,7 +313,8 @@ def test_what_if_validates_runs_stores_and_compares(monkeypatch, tmp_path):
     suites = next(w for w in at.sidebar.number_input if w.label == "Suites")
     # an invalid plant: rendered with ScenarioError.render(), Run disabled
     suites.set_value(0).run()
-    assert at.error and "not a valid scenario" in at.error[0].value
+    assert at.error and "These levers (suites = 0) do not make a valid scenario" in at.error[0].value
+    assert "suite" in at.error[0].value.split(":", 1)[1]
     assert re.search(r"\d+ problem\(s\)", at.code[0].value) and "suite" in at.code[0].value
     assert at.button(key="wi_run").disabled
     # a valid change: rapid sterility
@@ -328,7 +329,7 @@ def test_what_if_validates_runs_stores_and_compares(monkeypatch, tmp_path):
     engine = store.open_store(str(db), readonly=True)
     runs = store.list_runs(engine)
     new = runs[runs["scenario"].str.startswith("baseline-whatif-")]
-    assert len(new) == 2 and set(new["replication"]) == {0, 1} and set(new["label"]) == {"what-if"}
+    assert len(new) == 2 and set(new["replication"]) == {0, 1} and set(new["label"]) == {"what-if of 2"}
     text = store.load_run_meta(engine, int(new["id"].iloc[0]))["scenario_text"]
     assert "value: 7.0" in text
     new_ids = sorted(int(x) for x in new["id"])
@@ -338,8 +339,10 @@ def test_what_if_validates_runs_stores_and_compares(monkeypatch, tmp_path):
     s = an.summarise(list(an.kpis_by_run(frames, meta["horizon"], meta["warmup"]).values()))
     table = at.dataframe[0].value.set_index("KPI")
     name = str(new["scenario"].iloc[0])
-    assert table.loc["patients_infused", name] == pytest.approx(s["patients_infused"])
-    assert table.loc["vein_to_vein_days.p50", f"Δ {name} − baseline (original)"] < 0
+    assert table.loc["patients_infused", "scenario mean"] == pytest.approx(s["patients_infused"])
+    assert table.loc["vein_to_vein_days.p50", "Δ (paired)"] < 0
+    assert (table["n (paired)"] == 2).all()
+    assert any("2 paired replication(s) (n = 2 on each side)" in cap.value for cap in at.caption)
     assert any(name in m.value for m in at.success)
     # running again adds nothing: the replications are already stored
     at.button(key="wi_run").click().run()

@@ -458,3 +458,20 @@ def test_backends_follow_the_protocol() -> None:
     backend = ex.open_backend("local", 1)
     assert isinstance(backend, ex.InlineBackend)
     backend.close()
+
+
+def test_fill_replications_stores_each_replication_once_and_records_the_group_size(tiny, tmp_path):
+    """A What-if pressed twice (or resumed after an interruption) never stores replication r twice."""
+    from celltx_mfg import store
+
+    sc, text = tiny
+    engine = store.open_store(str(tmp_path / "fill.db"))
+    assert ex.fill_replications(sc, text, 2, engine=engine, label="what-if") == [0, 1]
+    assert ex.fill_replications(sc, text, 2, engine=engine, label="what-if") == []  # a second click: nothing
+    assert ex.fill_replications(sc, text, 3, engine=engine, label="what-if") == [2]  # only the missing one
+    runs = store.list_runs(engine)
+    assert sorted(runs["replication"]) == [0, 1, 2]
+    assert [ex.planned_size(x) for x in runs["label"]] == [2, 2, 3]
+    assert ex.planned_size("what-if") is None and ex.planned_size(None) is None
+    assert store.stored_replications(engine, runs["scenario_hash"].iloc[0]) == [0, 1, 2]
+    engine.dispose()

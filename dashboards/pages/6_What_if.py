@@ -10,6 +10,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import _decide as d  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
@@ -18,7 +19,7 @@ import yaml  # noqa: E402
 import _common as c  # noqa: E402
 from celltx_mfg import analysis, store  # noqa: E402
 from celltx_mfg.config import ScenarioError, scenario_hash  # noqa: E402
-from celltx_mfg.experiments import ExperimentError, apply_overrides, replicate_scenario  # noqa: E402
+from celltx_mfg.experiments import ExperimentError, apply_overrides, fill_replications  # noqa: E402
 
 WEEKEND = ("sat", "sun")
 WEEKDAY_ORDER = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -93,14 +94,26 @@ def what_if(base_text: str, base_name: str, overrides: dict[str, Any]) -> tuple[
     return scenario, text, yaml.safe_load(text)
 
 
-def stored_prefix(runs: pd.DataFrame, content: str) -> dict[int, int]:
-    """Replication -> run id of the what-if's runs already stored, 0, 1, ... without a gap."""
-    mine = runs[runs["scenario_hash"] == content]
-    have = {int(r["replication"]): int(r["id"]) for _, r in mine.iterrows()}
-    prefix: dict[int, int] = {}
-    while len(prefix) in have:
-        prefix[len(prefix)] = have[len(prefix)]
-    return prefix
+def by_rep_of(db: str, content: str) -> dict[int, int]:
+    """Replication -> run id of one scenario text's runs, read now (the first run of each replication)."""
+    runs = store.list_runs(c.write_engine(db))
+    return d.by_replication(runs[runs["scenario_hash"] == content])
+
+
+LEVER_NAMES = {"demand.per_year": "demand (referrals per year)", "resources.suites": "suites",
+               "resources.incubators": "incubators", "resources.operators.count": "operators per shift",
+               "release.policy": "release policy"}
+
+
+def invalid_sentence(overrides: dict[str, Any], problem: str) -> str:
+    """The scenario check's message as a sentence naming the levers moved and what the check allows."""
+    moved = [f"{LEVER_NAMES.get(k, k.split('.')[-1])} = {v}" for k, v in overrides.items()
+             if not isinstance(v, (dict, list))]
+    detail = " ".join(line.strip(" -") for line in problem.splitlines() if line.strip())
+    detail = detail.rstrip(".")
+    head = f"These levers ({', '.join(moved)}) do not make a valid scenario" if moved else \
+        "These levers do not make a valid scenario"
+    return f"{head}: {detail}. Change the lever named there to an allowed value; Run stays off until then."
 
 
 def _lever_values(data: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -140,36 +153,35 @@ h = sel.scenario_hash[:12]  # lever widgets start from the chosen scenario's own
 sb = st.sidebar
 sb.header("Levers")
 ster0 = sterility_days(base)
+policy0 = (base.get("release") or {}).get("policy", "full")
 levers = {
-    "per_year": sb.number_input("Demand: referrals per year", min_value=0.0, max_value=100000.0,
-                                value=float(base["demand"].get("per_year", 0)), step=25.0, key=f"wi_demand::{h}"),
-    "suites": sb.number_input("Suites", min_value=0, max_value=500, value=int(base["resources"]["suites"]),
-                              step=1, key=f"wi_suites::{h}"),
-    "incubators": sb.number_input("Incubators", min_value=0, max_value=1000,
-                                  value=int(base["resources"].get("incubators", 0)), step=1,
-                                  key=f"wi_incubators::{h}"),
-    "operators": sb.number_input("Operators per shift", min_value=0, max_value=500,
-                                 value=int(base["resources"]["operators"]["count"]), step=1,
-                                 key=f"wi_operators::{h}"),
-    "weekends": sb.toggle("Weekend shifts (staff work Sat and Sun)", value=weekends_on(base),
-                          key=f"wi_weekends::{h}",
+    "per_year": sb.number_input("Demand: referrals per year", min_value=0.0, max_value=100000.0, step=25.0,
+                                **d.kept(f"wi_demand::{h}", float(base["demand"].get("per_year", 0)))),
+    "suites": sb.number_input("Suites", min_value=0, max_value=500, step=1,
+                              **d.kept(f"wi_suites::{h}", int(base["resources"]["suites"]))),
+    "incubators": sb.number_input("Incubators", min_value=0, max_value=1000, step=1,
+                                  **d.kept(f"wi_incubators::{h}", int(base["resources"].get("incubators", 0)))),
+    "operators": sb.number_input("Operators per shift", min_value=0, max_value=500, step=1,
+                                 **d.kept(f"wi_operators::{h}", int(base["resources"]["operators"]["count"]))),
+    "weekends": sb.toggle("Weekend shifts (staff work Sat and Sun)",
                           help="Adds or removes Saturday and Sunday in the calendars of operators, QC "
-                               "analysts and QA reviewers: " + ", ".join(staff_calendars(base))),
+                               "analysts and QA reviewers: " + ", ".join(staff_calendars(base)),
+                          **d.kept(f"wi_weekends::{h}", weekends_on(base))),
     "sterility_days": None,
     "policy": sb.radio("Release policy", ["full", "conditional"], horizontal=True,
-                       index=0 if (base.get("release") or {}).get("policy", "full") == "full" else 1,
-                       key=f"wi_policy::{h}",
-                       help="conditional: release on the rapid results with sterility pending."),
+                       help="conditional: release on the rapid results with sterility pending.",
+                       **d.kept(f"wi_policy::{h}", policy0 if policy0 in ("full", "conditional") else "full")),
 }
 if sterility_tests(base):
     options = list(STERILITY)
     default = options[1] if ster0 is not None and ster0 <= 7 else options[0]
-    pick = sb.radio("Sterility test", options, index=options.index(default), key=f"wi_sterility::{h}",
-                    help=f"Stored scenario: {ster0:g} days." if ster0 is not None else None)
+    pick = sb.radio("Sterility test", options,
+                    help=f"Stored scenario: {ster0:g} days." if ster0 is not None else None,
+                    **d.kept(f"wi_sterility::{h}", default))
     levers["sterility_days"] = ster0 if pick == default else STERILITY[pick]
-reps = int(sb.number_input("Replications", min_value=1, max_value=100, value=min(max(sel.n, 1), c.MAX_DEFAULT_RUNS),
-                           step=1, key=f"wi_reps::{h}",
-                           help="Replication r uses the same random numbers as the original's replication r."))
+reps = int(sb.number_input("Replications", min_value=1, max_value=100, step=1,
+                           help="Replication r uses the same random numbers as the original's replication r.",
+                           **d.kept(f"wi_reps::{h}", min(max(sel.n, 1), c.MAX_DEFAULT_RUNS))))
 
 overrides = lever_overrides(base, levers)
 problem = None
@@ -185,57 +197,86 @@ except (ScenarioError, ExperimentError) as e:
 
 st.subheader("Changes")
 if diff or problem:
-    st.markdown("\n".join(f"- {d}" for d in diff or [f"{k}: {v}" for k, v in overrides.items()]))
+    st.markdown("\n".join(f"- {x}" for x in diff or [f"{k}: {v}" for k, v in overrides.items()]))
 else:
     st.info("No lever differs from the stored scenario yet: change one in the sidebar.")
 if problem:
-    st.error("This what-if is not a valid scenario:")
-    st.code(problem, language="text")
+    st.error(invalid_sentence(overrides, problem))
+    with st.expander("The scenario check's full message"):
+        st.code(problem, language="text")
 
-clicked = st.button("Run", type="primary", disabled=bool(problem) or not diff, key="wi_run",
-                    help=f"Simulate {reps} replication(s) of {new['name']} and store them in {store.display_url(db)}.")
+pending = st.session_state.get("whatif_pending")
+if pending:
+    got = len(store.stored_replications(c.write_engine(db), pending["hash"]))
+    if got < pending["reps"]:
+        why = "you pressed Stop" if st.session_state.get("whatif_stopped") else "the page was left or reloaded"
+        st.warning(f"The last run of **{pending['name']}** was interrupted ({why}) after {got} of "
+                   f"{pending['reps']} replications were stored. It is listed as incomplete on every page. "
+                   "Press Run with the same levers to store the missing replications (those stored are kept).")
+    else:
+        st.session_state.pop("whatif_pending", None)
+
+
+def _stop() -> None:
+    st.session_state["whatif_stopped"] = True
+
+
+run_col, stop_col = st.columns([1, 6])
+clicked = run_col.button("Run", type="primary", disabled=bool(problem) or not diff, key="wi_run",
+                         help=f"Simulate {reps} replication(s) of {new['name']} and store them in "
+                              f"{store.display_url(db)}. Pressing it again while it runs stores nothing twice.")
 if clicked and scenario is not None:
-    have = stored_prefix(runs, scenario_hash(text))
-    todo = max(0, reps - len(have))
-    bar = st.progress(0.0, text=f"Simulating {new['name']} ...")
+    st.session_state["whatif_stopped"] = False
+    content = scenario_hash(text)
+    st.session_state["whatif_pending"] = {"name": scenario.name, "hash": content, "reps": reps}
+    stop_col.button("Stop", key="wi_stop", on_click=_stop,
+                    help="Stops after the replication being stored; what is stored stays, marked incomplete.")
+    bar = st.progress(0.0, text=f"Running {new['name']}: simulating and storing {reps} replication(s) ...")
     t0 = time.perf_counter()
 
     def advance(done: int, planned: int) -> None:
-        bar.progress(done / max(planned, 1), text=f"Replication {len(have) + done} of {reps} stored ...")
+        bar.progress(min(done / max(planned, 1), 1.0), text=f"Running: {done} of {planned} replication(s) "
+                     f"simulated now ({time.perf_counter() - t0:.0f} s) ...")
 
     try:
-        ids = dict(have)
-        if todo:  # the one replication path, as `celltx run` and the experiment commands take it
-            result = replicate_scenario(scenario, text, todo, engine=c.write_engine(db), label="what-if",
-                                        progress=advance, first=len(have))
-            ids.update({len(have) + k: rid for k, rid in enumerate(result.run_ids)})
-        bar.progress(1.0, text=f"Done: {todo} run(s) simulated and stored in {time.perf_counter() - t0:.1f} s"
-                     + (f"; {len(have)} already stored" if have else ""))
+        # the experiments path, as `celltx run -r N` takes it: only replications not yet stored run
+        ran = fill_replications(scenario, text, reps, engine=c.write_engine(db), label="what-if", progress=advance)
+        stored = by_rep_of(db, content)
+        bar.progress(1.0, text=f"Done: {len(ran)} replication(s) simulated and stored in "
+                     f"{time.perf_counter() - t0:.1f} s; {reps - len(ran)} were already stored")
+        st.session_state.pop("whatif_pending", None)
         st.session_state["whatif_result"] = {
-            "base": sel.scenario, "base_ids": sel.run_ids, "name": scenario.name,
-            "ids": tuple(sorted(ids[r] for r in range(reps))), "changes": diff,
+            "base": sel.scenario, "base_ids": sel.run_ids, "name": scenario.name, "hash": content,
+            "ids": tuple(sorted(stored[r] for r in range(reps))), "changes": diff,
         }
     except store.StoreError as e:
         st.error(f"The runs could not be stored: {e}")
 
 result = st.session_state.get("whatif_result")
-if result and result["base"] == sel.scenario:
+if result and result["base"] == sel.scenario and problem:
+    st.info("The result of the previous what-if is hidden while the levers do not make a valid scenario.")
+elif result and result["base"] == sel.scenario:
     version = c.db_version(db)  # the database just changed: read the new runs
+    stale = result["name"] != new["name"]
     st.subheader(f"Result: {result['name']} vs {sel.name}")
+    if stale:
+        st.warning("The levers were changed since this result: it shows the previous what-if "
+                   f"({'; '.join(result['changes'])}). Press Run for the current levers.")
     st.success(f"Stored as scenario **{result['name']}**, runs {c.run_list(result['ids'])} "
                f"({'; '.join(result['changes'])}). Open it on any page from the sidebar's scenario list.")
-    target = st.columns([1, 3])[0].number_input("On-time target: vein-to-vein days", min_value=1.0, max_value=365.0,
-                             value=float(analysis.DEFAULT_TARGET_DAYS), step=1.0, key="wi_target")
-    summaries = {
-        f"{sel.name} (original)": c.kpi_summary(db, tuple(result["base_ids"]), version, float(target)),
-        result["name"]: c.kpi_summary(db, tuple(result["ids"]), version, float(target)),
-    }
-    table = c.compare_table(summaries)
-    st.dataframe(table, hide_index=True,
-                 column_config={col: st.column_config.NumberColumn(format="%.3f")
-                                for col in table.columns if col != "KPI"})
+    target = st.columns([1, 3])[0].number_input("On-time target: vein-to-vein days", min_value=1.0,
+                                                max_value=365.0, step=1.0,
+                                                **d.kept("wi_target", float(analysis.DEFAULT_TARGET_DAYS)))
+    all_runs = c.runs_table(db, version)
+    base_reps = d.by_replication(all_runs[all_runs["id"].isin(result["base_ids"])])
+    new_reps = d.by_replication(all_runs[all_runs["id"].isin(result["ids"])])
+    names = [f"{sel.name} (original)", result["name"]]
+    table, pairings = d.paired_table(db, version, names, [base_reps, new_reps], float(target), c.COMPARE_PATHS)
+    st.caption(pairings[0].sentence() + ". Δ is the what-if minus the original, replication by replication, "
+               "on common random numbers (`celltx compare`'s paired difference).")
+    d.show_paired(table, key="wi_table")
     fig = go.Figure()
-    for label, ids in ((f"{sel.name} (original)", result["base_ids"]), (result["name"], result["ids"])):
+    for label, ids in ((names[0], result["base_ids"]), (names[1], result["ids"])):
         tb = c.analysed("turnaround_breakdown", db, tuple(ids), version)
         e = analysis.ecdf(tb["vein_to_vein"]) if not tb.empty else pd.DataFrame({"value": [], "share": []})
         fig.add_trace(go.Scatter(x=e["value"], y=e["share"], mode="lines", line_shape="hv", name=label))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,71 @@ def replicate_scenario(
     with Session.of(execution) as session:
         _run_groups(session, [g], lambda: g.results)
     return ReplicationResult(scenario, g.results, analysis.summarise([k for _, k in g.results]), g.met)
+
+
+_GROUP_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+WHOLE_LABEL = "{label} of {n}"  # a run's label names the size of the group it belongs to
+_WHOLE_RE = re.compile(r"^(?P<label>.*) of (?P<n>[0-9]+)$")
+
+
+def planned_size(label: str | None) -> int | None:
+    """The group size a run's label records (``"what-if of 8"`` -> 8), None when it records none."""
+    m = _WHOLE_RE.match(label or "")
+    return int(m["n"]) if m else None
+
+
+def _group_lock(engine: Any, content_hash: str) -> threading.Lock:
+    key = (str(getattr(engine, "url", id(engine))), content_hash)
+    with _LOCKS_GUARD:
+        return _GROUP_LOCKS.setdefault(key, threading.Lock())
+
+
+def _missing_ranges(stored: Sequence[int], n: int) -> list[tuple[int, int]]:
+    """Replications 0..n-1 not stored yet, as (first, count) runs of consecutive numbers."""
+    have = set(stored)
+    out: list[tuple[int, int]] = []
+    for r in range(n):
+        if r in have:
+            continue
+        if out and out[-1][0] + out[-1][1] == r:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((r, 1))
+    return out
+
+
+def fill_replications(
+    scenario: Scenario,
+    text: str,
+    replications: int,
+    *,
+    label: str,
+    **execution: Unpack[Execution],
+) -> list[int]:
+    """Make replications 0..N-1 of one scenario text stored, each exactly once; returns the replications
+    simulated now.
+
+    Idempotent: what is already stored is read from the store just before running (under a lock per
+    database and scenario text, so two requests at once, such as a double-click, cannot both store
+    replication r), and only the missing replications run, through :func:`replicate_scenario`. Every run
+    is labelled ``"<label> of N"``: a group with fewer than N distinct replications stored was
+    interrupted, and readers (``planned_size``) can say so instead of showing it as complete."""
+    from ..config import scenario_hash
+    from ..store import stored_replications
+
+    engine = execution.pop("engine", None)
+    if engine is None:
+        raise ExperimentError("fill_replications stores runs: pass engine= (an open store)")
+    content = scenario_hash(text)
+    with _group_lock(engine, content):
+        todo = _missing_ranges(stored_replications(engine, content), replications)
+        whole = WHOLE_LABEL.format(label=label, n=replications)
+        done: list[int] = []
+        for first, count in todo:
+            replicate_scenario(scenario, text, count, label=whole, first=first, **{**execution, "engine": engine})
+            done.extend(range(first, first + count))
+        return done
 
 
 def run_replications(
@@ -233,9 +300,17 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 
 def _difference_rows(names: Sequence[str], groups: Sequence[ReplicationGroup],
                      kpi_paths: Sequence[str] | None) -> list[dict[str, Any]]:
-    flat = [[flatten_kpis(k) for _, k in g.results] for g in groups]
+    return paired_rows(names, [[k for _, k in g.results] for g in groups], kpi_paths)
+
+
+def paired_rows(names: Sequence[str], per_run: Sequence[Sequence[Mapping[str, Any]]],
+                kpi_paths: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every scenario after the first against the first, KPI by KPI: means and the paired difference of
+    replication r with replication r (``per_run[i][r]`` = scenario i's KPIs of replication r; the
+    caller lines them up). The one computation behind ``celltx compare`` and the dashboard's."""
+    flat = [[flatten_kpis(k) for k in runs] for runs in per_run]
     rows = []
-    for j in range(1, len(groups)):
+    for j in range(1, len(per_run)):
         paths = list(kpi_paths) if kpi_paths else list(dict.fromkeys([*flat[0][0], *flat[j][0]]))
         for path in paths:
             a, b = _values(flat[0], path), _values(flat[j], path)

@@ -61,7 +61,15 @@ from .hashing import (
 from .keys import KEY_FILE_ENV, Keyring, default_key_file, key_file, key_id, load_keys
 from .notes import ScenarioNote, note_history, scenario_notes, write_scenario_note
 from .open import _sqlite_settings, open_store
-from .read import _run_rows, list_runs, list_scenarios, load_frames, load_run_meta, scenario_text
+from .read import (
+    _run_rows,
+    list_runs,
+    list_scenarios,
+    load_frames,
+    load_run_meta,
+    scenario_text,
+    stored_replications,
+)
 from .schema import (
     _ALL_TABLES,
     _BATCH_RECORD_TABLES,
@@ -89,7 +97,8 @@ __all__ = [
     "RECORD_TABLES", "RELEASE_MODES", "RESOURCE_KINDS", "RunRow", "SCHEMA_VERSION", "SIGNATURE_MEANINGS",
     "ScenarioRow", "StoreError", "damaged_text", "default_key_file", "display_url", "entry_head",
     "export_batch_csv", "export_csv", "export_parquet", "key_file", "key_id", "ledger_head", "list_runs",
-    "list_scenarios", "load_frames", "load_keys", "load_run_meta", "open_store", "record_correction",
+    "list_scenarios", "stored_replications", "load_frames", "load_keys", "load_run_meta", "open_store",
+    "record_correction",
     "reference_body", "reference_chain", "release_signature", "scenario_digest", "scenario_text", "verify",
     "write_run", "ScenarioNote", "note_history", "scenario_notes", "write_scenario_note",
     # private, used by tests and benchmarks

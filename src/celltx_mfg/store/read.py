@@ -40,6 +40,14 @@ def list_runs(engine: Engine) -> pd.DataFrame:
     return _read(engine, sql)
 
 
+def stored_replications(engine: Engine, content_hash: str) -> list[int]:
+    """Replication numbers already stored for one scenario text (read now, never cached): what a caller
+    that must not store replication r twice (the dashboard's What-if) checks just before it runs."""
+    sql = sa.text("SELECT DISTINCT r.replication FROM run r JOIN scenario s ON s.id = r.scenario_id "
+                  "WHERE s.content_hash = :h ORDER BY r.replication")
+    return [int(x) for x in _read(engine, sql, {"h": content_hash})["replication"]]
+
+
 def list_scenarios(engine: Engine) -> pd.DataFrame:
     """One row per distinct scenario text, with how many runs used it."""
     sql = sa.text(
